@@ -11,3 +11,7 @@ class BundleError(FetalheadError):
 
 class WeightsError(FetalheadError):
     """Backbone weights that cannot be found or loaded."""
+
+
+class DataError(FetalheadError):
+    """A dataset, scan, label file or image that cannot be read or used."""

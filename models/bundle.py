@@ -1,0 +1,163 @@
+"""Model bundles: one file holding the weights and the config they were built from.
+
+A bundle is a zip file::
+
+    bundle.json            format, version, ModelConfig, threshold, class names,
+                           training summary and metrics, package versions
+    extractor.weights.h5   the backbone's weights (Keras weights file)
+    head.weights.h5        the temporal head's weights
+
+``load`` rebuilds both models from the bundle's own config, never from
+command-line flags, then loads the weights. Only weights are read from the
+file: no code, no pickle, and no Keras config is deserialised, which is
+stricter than Keras's safe mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from models.backbones import load_weights_strict
+from models.cnn_lstm import build_feature_extractor, build_temporal_head
+from models.config import ConfigError, ModelConfig, from_mapping, to_dict
+from models.errors import BundleError, WeightsError
+from models.runtime import Runtime
+
+FORMAT = "fetalhead-bundle"
+FORMAT_VERSION = 1
+CLASS_NAMES = ("Not-Head", "Head")
+_MEMBERS = ("bundle.json", "extractor.weights.h5", "head.weights.h5")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "keras_backend": keras.backend.backend()}
+    for name in ("fetalhead", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy",
+                 "opencv-python-headless", "opencv-python"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclasses.dataclass
+class Bundle:
+    """A loaded model: config, both models, decision threshold and training info."""
+
+    config: ModelConfig
+    extractor: keras.Model
+    head: keras.Model
+    threshold: float = 0.5
+    class_names: tuple[str, str] = CLASS_NAMES
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    path: Path | None = None
+    model_id: str = ""
+
+    def runtime(self) -> Runtime:
+        return Runtime(self.config, self.extractor, self.head)
+
+
+def save(path: str | Path, config: ModelConfig, extractor: keras.Model, head: keras.Model, *,
+         threshold: float = 0.5, info: dict[str, Any] | None = None) -> Path:
+    """Write a bundle to ``path`` atomically (a temporary file, then rename)."""
+    path = Path(path)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": to_dict(config),
+        "feature_dim": int(extractor.output_shape[-1]),
+        "threshold": float(threshold),
+        "class_names": list(CLASS_NAMES),
+        "info": info or {},
+        "versions": package_versions(),
+    }
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        extractor.save_weights(os.path.join(tmp, "extractor.weights.h5"))
+        head.save_weights(os.path.join(tmp, "head.weights.h5"))
+        partial = os.path.join(tmp, "bundle.partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("bundle.json", json.dumps(meta, indent=2, default=str))
+            zf.write(os.path.join(tmp, "extractor.weights.h5"), "extractor.weights.h5")
+            zf.write(os.path.join(tmp, "head.weights.h5"), "head.weights.h5")
+        os.replace(partial, path)
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The bundle's bundle.json, checked for format and version, without loading models."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"model bundle {path}: not found")
+    if path.is_dir():
+        raise BundleError(f"model bundle {path}: is a folder, expected a bundle file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            missing = [m for m in _MEMBERS if m not in names]
+            if missing:
+                raise BundleError(f"model bundle {path}: not a fetalhead bundle (missing {', '.join(missing)})")
+            meta = json.loads(zf.read("bundle.json"))
+    except zipfile.BadZipFile:
+        raise BundleError(f"model bundle {path}: not a fetalhead bundle or truncated (not a complete zip file)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"model bundle {path}: bundle.json is not valid JSON") from None
+    except (zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise BundleError(f"model bundle {path}: cannot be read ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"model bundle {path}: not a fetalhead bundle (bundle.json has no format {FORMAT!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(f"model bundle {path}: format_version missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"model bundle {path}: made by a newer fetalhead (bundle format {version}, "
+                          f"this version reads up to {FORMAT_VERSION}): upgrade fetalhead")
+    return meta
+
+
+def load(path: str | Path) -> Bundle:
+    """Rebuild the models from the bundle's own config and load its weights."""
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        config = from_mapping(ModelConfig, {**meta["config"], "weights": "none"})
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise BundleError(f"model bundle {path}: bad config ({exc})") from None
+    try:
+        extractor = build_feature_extractor(config, weights="none")
+    except WeightsError as exc:
+        raise BundleError(f"model bundle {path}: {exc}") from None
+    feature_dim = int(extractor.output_shape[-1])
+    if meta.get("feature_dim") not in (None, feature_dim):
+        raise BundleError(f"model bundle {path}: config builds {config.backbone} with {feature_dim} features "
+                          f"but the bundle says {meta['feature_dim']}")
+    head = build_temporal_head(config, feature_dim)
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path) as zf:
+        for member, model in (("extractor.weights.h5", extractor), ("head.weights.h5", head)):
+            target = zf.extract(member, tmp)
+            try:
+                load_weights_strict(model, target)
+            except Exception as exc:  # Keras raises ValueError or h5py errors here
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BundleError(f"model bundle {path}: {member} does not match the config's "
+                                  f"{config.backbone} model ({first})") from None
+    extractor.trainable = False
+    threshold = float(meta.get("threshold", 0.5))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return Bundle(config=config, extractor=extractor, head=head, threshold=threshold,
+                  class_names=tuple(meta.get("class_names", CLASS_NAMES)), info=meta.get("info", {}),
+                  path=path, model_id=f"{config.backbone}-{digest}")

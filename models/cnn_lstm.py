@@ -1,0 +1,86 @@
+"""The one model definition: feature extractor, temporal head, and the two composed.
+
+The seed's CNN-LSTM, split where the project uses it separately::
+
+    frames (B, T, S, S, 3) --extractor per frame--> (B, T, F)
+        --LSTM 256 (rd 0.4) -> BN -> Dropout 0.4 -> LSTM 128 (rd 0.4) -> BN -> Dropout 0.4
+        --Dense 64 relu -> Dropout 0.3 -> Dense 1 sigmoid--> scores (B, T)
+
+Training caches the extractor's features and fits only the head; the streaming
+worker runs the extractor once per frame and the head on a buffer of features.
+Keras 3 ops only, so the same code runs on the TensorFlow, JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+from models.backbones import build_backbone
+from models.config import ModelConfig
+
+
+def build_feature_extractor(config: ModelConfig, *, weights: str | None = None) -> keras.Model:
+    """One preprocessed frame float32 (S, S, 3) -> float32 feature vector (F,); frozen."""
+    return build_backbone(config, weights=weights)
+
+
+def build_temporal_head(config: ModelConfig, feature_dim: int, *, inference: bool = False) -> keras.Model:
+    """Feature sequences float32 (B, T, F) -> per-frame Head probabilities float32 (B, T).
+
+    T may be any length: the LSTMs are causal, so the score at position t
+    depends only on positions 0..t. ``inference=True`` builds the same layers
+    without recurrent dropout: identical weights and outputs at inference,
+    but Keras can then use its fused LSTM kernels instead of a Python loop
+    over time steps.
+    """
+    recurrent_dropout = 0.0 if inference else config.recurrent_dropout
+    first, second = config.lstm_units
+    seed = config.seed
+    inputs = keras.Input((None, feature_dim), name="features")
+    x = layers.LSTM(first, return_sequences=True, recurrent_dropout=recurrent_dropout,
+                    seed=seed, name="lstm_1")(inputs)
+    x = layers.BatchNormalization(name="bn_1")(x)
+    x = layers.Dropout(config.dropout, seed=seed, name="dropout_1")(x)
+    x = layers.LSTM(second, return_sequences=True, recurrent_dropout=recurrent_dropout,
+                    seed=seed + 1, name="lstm_2")(x)
+    x = layers.BatchNormalization(name="bn_2")(x)
+    x = layers.Dropout(config.dropout, seed=seed + 1, name="dropout_2")(x)
+    x = layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+    x = layers.Dropout(config.head_dropout, seed=seed + 2, name="dropout_3")(x)
+    x = layers.Dense(1, activation="sigmoid", name="score")(x)
+    outputs = layers.Reshape((-1,), name="scores")(x)
+    return keras.Model(inputs, outputs, name="temporal_head_inference" if inference else "temporal_head")
+
+
+def inference_head(head: keras.Model, config: ModelConfig) -> keras.Model:
+    """A copy of ``head`` without recurrent dropout, sharing no state, same weights."""
+    feature_dim = head.input_shape[-1]
+    copy = build_temporal_head(config, feature_dim, inference=True)
+    copy.set_weights(head.get_weights())
+    return copy
+
+
+def build_cnn_lstm(config: ModelConfig, extractor: keras.Model | None = None,
+                   head: keras.Model | None = None) -> keras.Model:
+    """Frames float32 (B, T, S, S, 3), preprocessed -> scores float32 (B, T).
+
+    The end-to-end model, for export and for the seed's way of training; it
+    shares layers (and so weights) with ``extractor`` and ``head`` when given.
+    """
+    extractor = extractor if extractor is not None else build_feature_extractor(config)
+    feature_dim = extractor.output_shape[-1]
+    head = head if head is not None else build_temporal_head(config, feature_dim)
+    size = config.image_size
+    frames = keras.Input((config.window, size, size, 3), name="frames")
+    features = layers.TimeDistributed(extractor, name="per_frame_features")(frames)
+    return keras.Model(frames, head(features), name="cnn_lstm")
+
+
+def parameter_counts(model: keras.Model) -> tuple[int, int]:
+    """(trainable, non-trainable) parameter counts of ``model``."""
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
+    return trainable, frozen

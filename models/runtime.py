@@ -1,0 +1,63 @@
+"""Compiled inference paths shared by evaluation, the worker and the benchmark.
+
+``model.predict`` costs 70-100 ms of set-up per call here, which a per-frame
+path cannot afford. ``predict_on_batch`` runs the backend's compiled function
+(a traced tf.function, a jitted JAX function) with a few milliseconds of
+overhead, so every call goes through it. The head used for inference is the
+copy without recurrent dropout (see ``inference_head``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import keras
+import numpy as np
+
+from models.cnn_lstm import inference_head
+from models.config import ModelConfig
+from models.preprocess import preprocess, preprocess_batch
+from models.scoring import streaming_scores
+
+
+class Runtime:
+    """A feature extractor and a temporal head ready to score frames.
+
+    extractor: (S, S, 3) -> (F,) model; head: (T, F) -> (T,) model (either the
+    training head or its inference copy; the copy is made here).
+    """
+
+    def __init__(self, config: ModelConfig, extractor: keras.Model, head: keras.Model) -> None:
+        self.config = config
+        self.extractor = extractor
+        self.head = inference_head(head, config)
+        self.feature_dim = int(extractor.output_shape[-1])
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """uint8 raw frame -> float32 (S, S, 3), the one shared preprocessing."""
+        return preprocess(frame, self.config)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Preprocessed float32 (N, S, S, 3) -> float32 (N, F)."""
+        if len(images) == 0:
+            return np.zeros((0, self.feature_dim), np.float32)
+        return np.asarray(self.extractor.predict_on_batch(images), np.float32)
+
+    def frame_features(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """Raw uint8 frames -> float32 (N, F)."""
+        return self.features(preprocess_batch(frames, self.config))
+
+    def score_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Feature windows float32 (B, T, F) -> per-position scores float32 (B, T)."""
+        return np.asarray(self.head.predict_on_batch(windows), np.float32)
+
+    def scan_scores(self, features: np.ndarray) -> np.ndarray:
+        """Streaming-equivalent per-frame scores of one scan: float32 (N, F) -> (N,)."""
+        return streaming_scores(features, self.score_windows, self.config.window)
+
+    def warm_up(self) -> None:
+        """Trace the compiled functions for every window length a stream meets."""
+        size = self.config.image_size
+        features = self.features(np.zeros((1, size, size, 3), np.float32))
+        for length in range(1, self.config.window + 1):
+            self.score_windows(np.repeat(features[None], length, axis=1))

@@ -1,0 +1,90 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from models.bundle import FORMAT_VERSION, load, read_meta, save
+from models.config import ModelConfig
+from models.errors import BundleError
+
+
+@pytest.fixture
+def bundle_path(tmp_path, tiny_config, tiny_models):
+    extractor, head = tiny_models
+    return save(tmp_path / "model.fhb", tiny_config, extractor, head, threshold=0.37,
+                info={"metrics": {"roc_auc": 0.9}})
+
+
+def test_save_and_load_give_identical_scores(bundle_path, tiny_config, tiny_models, rng):
+    extractor, head = tiny_models
+    bundle = load(bundle_path)
+    assert bundle.config == tiny_config
+    assert bundle.threshold == pytest.approx(0.37)
+    assert bundle.info["metrics"]["roc_auc"] == 0.9
+    assert bundle.model_id.startswith("tiny-")
+    frames = [rng.integers(0, 256, (90, 120), dtype=np.uint8) for _ in range(10)]
+    before = bundle.runtime().__class__(tiny_config, extractor, head)
+    after = bundle.runtime()
+    f_before, f_after = before.frame_features(frames), after.frame_features(frames)
+    np.testing.assert_array_equal(f_before, f_after)
+    np.testing.assert_array_equal(before.scan_scores(f_before), after.scan_scores(f_after))
+
+
+def test_not_a_bundle(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(BundleError, match="not a fetalhead bundle or truncated"):
+        load(path)
+    with pytest.raises(BundleError, match="not found"):
+        load(tmp_path / "missing.fhb")
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("x.txt", "x")
+    with pytest.raises(BundleError, match="missing bundle.json"):
+        load(other)
+
+
+def test_truncated_bundle(bundle_path, tmp_path):
+    data = bundle_path.read_bytes()
+    cut = tmp_path / "cut.fhb"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError) as info:
+        load(cut)
+    assert str(cut) in str(info.value) and "truncated" in str(info.value)
+
+
+def _rewrite_meta(src, dst, change):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "bundle.json":
+                meta = json.loads(data)
+                change(meta)
+                data = json.dumps(meta)
+            zout.writestr(item, data)
+    return dst
+
+
+def test_newer_bundle_version(bundle_path, tmp_path):
+    newer = _rewrite_meta(bundle_path, tmp_path / "newer.fhb",
+                          lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(BundleError, match="made by a newer fetalhead"):
+        read_meta(newer)
+
+
+def test_config_that_does_not_match_the_weights(bundle_path, tmp_path):
+    wrong = _rewrite_meta(bundle_path, tmp_path / "wrong.fhb",
+                          lambda m: m["config"].update(lstm_units=[32, 8]))
+    with pytest.raises(BundleError) as info:
+        load(wrong)
+    assert "head.weights.h5 does not match" in str(info.value)
+    swapped = _rewrite_meta(bundle_path, tmp_path / "swapped.fhb",
+                            lambda m: m["config"].update(backbone="mobilenetv2", image_size=64))
+    with pytest.raises(BundleError, match="mobilenetv2"):
+        load(swapped)
+
+
+def test_bundle_is_written_atomically(bundle_path, tiny_config, tiny_models):
+    assert not list(bundle_path.parent.glob("*.partial"))
+    assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["model.fhb"]

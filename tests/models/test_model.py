@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+
+from models.backbones import build_backbone, keras_cache_dir
+from models.cnn_lstm import (build_cnn_lstm, build_feature_extractor, build_temporal_head, inference_head,
+                             parameter_counts)
+from models.config import ModelConfig
+from models.errors import WeightsError
+from models.runtime import Runtime
+from models.scoring import RollingWindow, streaming_scores, window_scores
+
+
+def test_vgg19_cnn_lstm_has_the_seeds_parameter_count():
+    config = ModelConfig(weights="none")
+    model = build_cnn_lstm(config)
+    trainable, frozen = parameter_counts(model)
+    assert trainable == 993_665
+    assert frozen == 20_024_384 + 768  # VGG19 conv weights + BatchNorm moving statistics
+    assert model.input_shape == (None, 8, 224, 224, 3)
+    assert model.output_shape == (None, 8)
+    assert model.get_layer("per_frame_features").output.shape == (None, 8, 512)
+
+
+def test_pieces_and_composition_agree(tiny_config, tiny_models, rng):
+    extractor, head = tiny_models
+    frames = rng.normal(size=(2, 8, 64, 64, 3)).astype(np.float32)
+    model = build_cnn_lstm(tiny_config, extractor, head)
+    end_to_end = model.predict_on_batch(frames)
+    features = extractor.predict_on_batch(frames.reshape(16, 64, 64, 3)).reshape(2, 8, -1)
+    np.testing.assert_allclose(end_to_end, head.predict_on_batch(features), atol=1e-6)
+    assert not extractor.trainable
+
+
+def test_inference_head_matches_training_head_and_is_causal(tiny_config, tiny_models, rng):
+    _, head = tiny_models
+    fast = inference_head(head, tiny_config)
+    assert all(layer.recurrent_dropout == 0 for layer in fast.layers if hasattr(layer, "recurrent_dropout"))
+    features = rng.normal(size=(3, 8, head.input_shape[-1])).astype(np.float32)
+    full = head.predict_on_batch(features)
+    np.testing.assert_allclose(fast.predict_on_batch(features), full, atol=1e-6)
+    # Causal: a prefix of the window scores its positions exactly as the full window does.
+    for length in (1, 4, 7):
+        np.testing.assert_allclose(fast.predict_on_batch(features[:, :length]), full[:, :length], atol=1e-6)
+
+
+def test_streaming_scores_are_the_last_position_of_each_window(tiny_config, tiny_models, rng):
+    runtime = Runtime(tiny_config, *tiny_models)
+    features = rng.normal(size=(20, runtime.feature_dim)).astype(np.float32)
+    scores = runtime.scan_scores(features)
+    windows = window_scores(features, runtime.score_windows, 8)
+    assert windows.shape == (13, 8)
+    np.testing.assert_allclose(scores[7:], windows[:, -1], atol=1e-6)
+    np.testing.assert_allclose(scores[:7], windows[0, :7], atol=1e-6)
+    # The worker's incremental view gives the same scores.
+    rolling = RollingWindow(8, runtime.feature_dim)
+    live = []
+    for seq, row in enumerate(features):
+        rolling.push(row, seq)
+        live.append(runtime.score_windows(rolling.view()[None])[0, -1])
+    np.testing.assert_allclose(live, scores, atol=1e-5)
+    # A scan shorter than the window still gets a score per frame.
+    assert runtime.scan_scores(features[:5]).shape == (5,)
+    np.testing.assert_allclose(streaming_scores(features, runtime.score_windows, 8, batch_size=3), scores, atol=1e-6)
+
+
+def test_rolling_window_tracks_warmup_and_gaps():
+    window = RollingWindow(3, 2)
+    window.push(np.ones(2), 0)
+    assert window.warming_up and len(window) == 1
+    window.push(np.ones(2), 1)
+    window.push(np.ones(2) * 2, 2)
+    assert not window.warming_up and not window.has_gap
+    window.push(np.ones(2) * 5, 4)
+    assert window.has_gap
+    np.testing.assert_array_equal(window.view()[:, 0], [1, 2, 5])
+    for seq in (5, 6):
+        window.push(np.zeros(2), seq)
+    assert not window.has_gap
+
+
+def test_local_weights_file_loads(tmp_path, tiny_config, rng):
+    source = build_backbone(ModelConfig(backbone="tiny", weights="none", image_size=64, seed=7))
+    path = tmp_path / "tiny.weights.h5"
+    source.save_weights(path)
+    loaded = build_backbone(tiny_config, weights=str(path))
+    images = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict_on_batch(images), source.predict_on_batch(images), atol=1e-6)
+
+
+def test_local_weights_file_for_a_keras_application(tmp_path, rng):
+    config = ModelConfig(backbone="mobilenetv2", weights="none", image_size=96)
+    source = build_backbone(config)
+    path = tmp_path / "mobilenetv2.weights.h5"
+    source.save_weights(path)
+    loaded = build_backbone(config, weights=str(path))
+    images = rng.normal(size=(1, 96, 96, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict_on_batch(images), source.predict_on_batch(images), atol=1e-5)
+
+
+def test_weights_errors_are_one_line(tmp_path, tiny_config):
+    with pytest.raises(WeightsError, match="not found"):
+        build_backbone(tiny_config, weights=str(tmp_path / "missing.weights.h5"))
+    other = build_backbone(ModelConfig(backbone="mobilenetv2", weights="none", image_size=96))
+    path = tmp_path / "mobilenet.weights.h5"
+    other.save_weights(path)
+    with pytest.raises(WeightsError) as info:
+        build_backbone(tiny_config, weights=str(path))
+    assert f"weights file {path}: cannot load into tiny" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(WeightsError, match="tiny has no ImageNet weights"):
+        build_backbone(ModelConfig(backbone="tiny", weights="imagenet"))
+
+
+def test_offline_imagenet_says_which_file_to_put_where(tmp_path, monkeypatch):
+    # This machine has no internet, so Keras's real download fails here as it does offline.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    config = ModelConfig(backbone="mobilenetv2", image_size=96)
+    try:
+        build_backbone(config)
+    except WeightsError as exc:
+        message = str(exc)
+    else:
+        pytest.skip("ImageNet weights could be downloaded: this machine is online")
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in message
+    assert str(keras_cache_dir()) == str(tmp_path / "models")
+    assert str(tmp_path / "models") in message
+    assert "--weights" in message
+
+
+def test_every_backbone_builds_with_its_feature_size():
+    from models.backbones import FEATURE_SIZES
+
+    for name, size in FEATURE_SIZES.items():
+        extractor = build_feature_extractor(ModelConfig(backbone=name, weights="none", image_size=64))
+        assert extractor.output_shape == (None, size)
+        head = build_temporal_head(ModelConfig(backbone=name), size)
+        assert head.output_shape == (None, None)
