@@ -13,7 +13,9 @@ Problems are ``fatal`` when the scan's data is wrong or ambiguous as it stands,
 so training on it would learn from missing or wrong labels: no frames, no or
 unreadable label file, a frame without a label, a label without a frame, an
 unknown label value, a frame listed twice with different labels, an unreadable
-or empty image, a video with fewer or more frames than labels. They are
+or empty image, a video with fewer or more frames than labels, two label files
+or both frames and a video in one scan; and for the whole dataset: no scan
+folder, no usable scan, or no frame of one class in the usable scans. They are
 warnings (``fatal=False``) when the data is usable as it is: a frame listed
 twice with the same label, two frame files with identical content, a scan
 shorter than the window (it gives no training window and is left out), a label
@@ -347,7 +349,7 @@ class _Problems:
     def add(self, problem: Problem, kind: str | None = None) -> None:
         self.by_kind.setdefault(kind or problem.message, []).append(problem)
 
-    def list(self) -> list[Problem]:
+    def as_list(self) -> list[Problem]:
         out: list[Problem] = []
         for kind, items in self.by_kind.items():
             if len(items) <= MAX_PER_KIND + 1:
@@ -359,10 +361,6 @@ class _Problems:
                                fatal=any(p.fatal for p in rest)))
         return out
 
-    @property
-    def fatal(self) -> bool:
-        return any(p.fatal for items in self.by_kind.values() for p in items)
-
 
 class _Found(NamedTuple):
     """A scan folder as read: ``labels`` int8 (N,) with -1 where a frame has no usable label."""
@@ -372,6 +370,9 @@ class _Found(NamedTuple):
     labels: np.ndarray
     frame_names: tuple[str, ...]
     source: str
+
+
+_NOTHING = _Found((), None, np.zeros(0, np.int8), (), "none")  # a scan folder without usable frames
 
 
 def _check_images(files: list[Path], problems: _Problems, decode: bool) -> None:
@@ -385,7 +386,10 @@ def _check_images(files: list[Path], problems: _Problems, decode: bool) -> None:
         try:
             data = path.read_bytes()
             _decode(data)
-        except (OSError, _Unreadable) as exc:
+        except OSError as exc:
+            problems.add(Problem(path, f"cannot read ({exc.strerror or exc})"), "unreadable images")
+            continue
+        except _Unreadable as exc:
             problems.add(Problem(path, str(exc)), "unreadable images")
             continue
         digest = hashlib.blake2b(data, digest_size=16).digest()
@@ -440,7 +444,8 @@ def _assign_labels(table: pd.DataFrame, n_frames: int, names: list[str], label_f
                    index_of: Callable[[str], int | str], problems: _Problems) -> tuple[np.ndarray, np.ndarray]:
     """Labels int8 (N,) from the table rows, -1 where unknown; and bool (N,) of frames named by a row.
 
-    ``index_of(frame)`` gives the frame's index or a message saying why no frame matches.
+    ``names`` are the frames as messages call them; ``index_of(frame)`` gives
+    the index of the frame a row names, or a message saying why none matches.
     """
     labels = np.full(n_frames, _UNLABELLED, dtype=np.int8)
     first_row: dict[int, tuple[int, str, int]] = {}  # frame index -> its first row, value and label
@@ -539,12 +544,12 @@ def _inspect(path: Path, check_images: bool) -> tuple[_Found, list[Problem]]:
     problems = _Problems(path)
     if not path.is_dir():
         problems.add(Problem(path, "not a folder"))
-        return _Found((), None, np.zeros(0, np.int8), (), "none"), problems.list()
+        return _NOTHING, problems.as_list()
     entries = _visible(path)
     class_dirs = {d: c for d in entries if d.is_dir() and (c := _class_of_folder(d.name)) is not None}
     if class_dirs:
         found = _inspect_class_folders(path, class_dirs, check_images, problems)
-        return found, problems.list()
+        return found, problems.as_list()
 
     files, folder = _with_suffix(entries, IMAGE_SUFFIXES), path
     for sub in _natural([d for d in entries if d.is_dir() and d.name.lower() in FRAME_FOLDERS]):
@@ -553,19 +558,18 @@ def _inspect(path: Path, check_images: bool) -> tuple[_Found, list[Problem]]:
             files, folder = images, sub
             break
     videos = _with_suffix(entries, VIDEO_SUFFIXES)
-    empty = _Found((), None, np.zeros(0, np.int8), (), "none")
     if files and videos:
         problems.add(Problem(path, f"holds both frame images and a video ({videos[0].name}); keep one"))
-        return empty, problems.list()
+        return _NOTHING, problems.as_list()
     if len(videos) > 1:
         problems.add(Problem(path, f"holds {len(videos)} videos ({', '.join(v.name for v in videos)}); "
                                    "a scan is one video"))
-        return empty, problems.list()
+        return _NOTHING, problems.as_list()
     if not files and not videos:
         problems.add(Problem(path, "no frames: no images (" + ", ".join(s[1:] for s in IMAGE_SUFFIXES)
                                    + ") here, in frames/ or in ImageData/, and no video ("
                                    + ", ".join(s[1:] for s in VIDEO_SUFFIXES) + ")"))
-        return empty, problems.list()
+        return _NOTHING, problems.as_list()
 
     video = videos[0] if videos else None
     if video is not None:
@@ -573,7 +577,7 @@ def _inspect(path: Path, check_images: bool) -> tuple[_Found, list[Problem]]:
             n_frames = _count_video_frames(video, decode=check_images)
         except DataError as exc:
             problems.add(Problem(video, str(exc).removeprefix(f"{video}: ")))
-            return empty, problems.list()
+            return _NOTHING, problems.as_list()
         if n_frames == 0:
             problems.add(Problem(video, "no decodable frames"))
         names = [str(i) for i in range(n_frames)]
@@ -593,7 +597,8 @@ def _inspect(path: Path, check_images: bool) -> tuple[_Found, list[Problem]]:
         except _Unreadable as exc:
             problems.add(Problem(label_file, str(exc)))
         else:
-            labels, named = _assign_labels(table, n_frames, names, label_file, index_of, problems)
+            shown = names if video is None else [f"frame {n}" for n in names]
+            labels, named = _assign_labels(table, n_frames, shown, label_file, index_of, problems)
             for i in np.flatnonzero(~named):
                 if video is None:
                     problems.add(Problem(files[i], f"no label in {label_file.name}"), "frames without a label")
@@ -601,7 +606,7 @@ def _inspect(path: Path, check_images: bool) -> tuple[_Found, list[Problem]]:
                     problems.add(Problem(video, f"frame {i} has no label in {label_file.name}"),
                                  "frames without a label")
     found = _Found(tuple(files) if video is None else (), video, labels, tuple(names), source)
-    return found, problems.list()
+    return found, problems.as_list()
 
 
 def _to_scan(path: Path, found: _Found) -> Scan:
