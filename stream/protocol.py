@@ -1,0 +1,541 @@
+"""The wire format between capture, worker and consumers: pure, no sockets.
+
+A ZeroMQ message is a single part (so a subscriber may use ZMQ_CONFLATE)::
+
+    stream id (UTF-8) + b"\\x00" + one msgpack map {"v": 1, "type": ..., "stream": ..., fields...}
+
+The stream id in front is the ZeroMQ topic: subscribing to ``topic("probe1")``
+gets exactly stream ``probe1``, subscribing to ``b""`` gets everything.
+Stream ids that start with ``_`` belong to processes (heartbeats, process
+status), e.g. ``_worker`` or ``_capture.probe1``; data streams never start with
+``_``, so subscribing to ``b"_"`` gets every process-level message.
+
+docs/protocol.md is the specification; this module is its reference
+implementation. ``encode`` and ``decode`` are pure functions over bytes, and
+``decode`` raises nothing but ProtocolError for any input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import operator
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import cv2
+import msgpack
+import numpy as np
+
+from models.errors import FetalheadError
+
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+
+# A process sends a heartbeat this often; a consumer that has seen none for
+# HEARTBEAT_MISSES_DEAD intervals treats the process as dead.
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_MISSES_DEAD = 3
+
+TOPIC_SEPARATOR = b"\x00"
+DTYPES = ("uint8",)
+ENCODINGS = ("raw", "jpeg", "png")
+CHANNELS = (1, 3, 4)
+LEVELS = ("info", "warning", "error")
+FLAG_WARMUP = "warmup"
+FLAG_GAP = "gap"
+
+_STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_MAX_STREAM_ID = 64
+# Caps for msgpack's own allocation: no field of any message needs more than
+# this many characters or items, so a hostile length prefix costs nothing.
+_MAX_STR = 64 * 1024
+_MAX_ITEMS = 1024
+# Integers must fit a signed 64-bit field so clients in other languages can hold them.
+_INT64 = 2**63
+
+
+class ProtocolError(FetalheadError, ValueError):
+    """A message that is not valid protocol; the message is one line naming what is wrong."""
+
+
+# --- field checks: each returns the value in its canonical Python type -----------------
+
+
+def _fail(where: str, what: str, value: Any) -> ProtocolError:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return ProtocolError(f"{where} must be {what}, got {text}")
+
+
+def _int(value: Any, where: str, *, minimum: int = -_INT64) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise _fail(where, "an integer", value)
+    value = operator.index(value)
+    if not minimum <= value < _INT64:
+        raise _fail(where, f"an integer in [{minimum}, 2**63)", value)
+    return value
+
+
+def _float(value: Any, where: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _fail(where, "a number", value)
+    value = float(value)
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise _fail(where, f"a finite number in [{lo}, {hi}]", value)
+    return value
+
+
+def _str(value: Any, where: str, *, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(where, "a non-empty string", value)
+    if choices is not None and value not in choices:
+        raise _fail(where, f"one of {', '.join(choices)}", value)
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _fail(where, "true or false", value)
+    return bool(value)
+
+
+def _stream(value: Any, where: str, *, process: bool | None) -> str:
+    """A stream id; ``process`` True/False demands a process-level/data id, None allows both."""
+    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+        raise _fail(where, "1..64 characters of A-Z a-z 0-9 _ . : -", value)
+    if process is True and not is_process_id(value):
+        raise _fail(where, "a process-level id starting with '_'", value)
+    if process is False and is_process_id(value):
+        raise _fail(where, "a data stream id not starting with '_'", value)
+    return value
+
+
+def _tuple(value: Any, where: str) -> tuple:
+    if not isinstance(value, (tuple, list)):
+        raise _fail(where, "an array", value)
+    return tuple(value)
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    # Frozen dataclasses: __post_init__ stores the canonical (checked, coerced) value.
+    object.__setattr__(obj, name, value)
+
+
+def is_process_id(stream: str) -> bool:
+    """True for process-level ids (heartbeats, process status), which start with '_'."""
+    return stream.startswith("_")
+
+
+def process_id(role: str, name: str | None = None) -> str:
+    """The process-level stream id of a process: ``_worker``, ``_capture.probe1`` ..."""
+    return _stream(f"_{role}" if name is None else f"_{role}.{name}", "process id", process=True)
+
+
+def topic(stream: str) -> bytes:
+    """The topic prefix of stream ``stream``: its UTF-8 bytes plus NUL, for SUBSCRIBE."""
+    return _stream(stream, "stream", process=None).encode() + TOPIC_SEPARATOR
+
+
+# --- messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image of one stream.
+
+    ``pixels`` holds ``shape``/``dtype`` pixels as-is for ``encoding="raw"``
+    (C order, channels interleaved, colour in OpenCV's BGR/BGRA order), or a
+    JPEG/PNG file. ``t_capture`` is unix seconds when the frame was grabbed,
+    ``t_source`` its position in seconds in a file source (None for live),
+    ``spacing`` the (row, col) pixel size in mm when known.
+    """
+
+    TYPE: ClassVar[str] = "frame"
+
+    stream: str
+    seq: int
+    t_capture: float
+    t_source: float | None
+    shape: tuple[int, ...]
+    dtype: str
+    encoding: str
+    spacing: tuple[float, float] | None
+    pixels: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _set(self, "stream", _stream(self.stream, "frame.stream", process=False))
+        _set(self, "seq", _int(self.seq, "frame.seq", minimum=0))
+        _set(self, "t_capture", _float(self.t_capture, "frame.t_capture"))
+        if self.t_source is not None:
+            _set(self, "t_source", _float(self.t_source, "frame.t_source", lo=0.0))
+        shape = tuple(_int(d, "frame.shape item", minimum=0) for d in _tuple(self.shape, "frame.shape"))
+        if len(shape) not in (2, 3):
+            raise _fail("frame.shape", "(H, W) or (H, W, C)", shape)
+        if 0 in shape:
+            raise ProtocolError(f"empty frame: shape {shape} has a zero dimension")
+        if len(shape) == 3 and shape[2] not in CHANNELS:
+            raise _fail("frame.shape channels", f"one of {CHANNELS}", shape[2])
+        _set(self, "shape", shape)
+        _str(self.dtype, "frame.dtype", choices=DTYPES)
+        _str(self.encoding, "frame.encoding", choices=ENCODINGS)
+        if self.spacing is not None:
+            spacing = tuple(_float(s, "frame.spacing item", lo=1e-12) for s in _tuple(self.spacing, "frame.spacing"))
+            if len(spacing) != 2:
+                raise _fail("frame.spacing", "(row_mm, col_mm)", spacing)
+            _set(self, "spacing", spacing)
+        if not isinstance(self.pixels, bytes):
+            raise _fail("frame.pixels", "bytes", type(self.pixels).__name__)
+        if not self.pixels:
+            raise ProtocolError("empty frame: no pixels")
+        if self.encoding == "raw" and len(self.pixels) != self.image_nbytes:
+            raise ProtocolError(
+                f"frame.pixels has {len(self.pixels)} bytes, but raw {self.dtype} {shape} needs {self.image_nbytes}")
+
+    @property
+    def image_nbytes(self) -> int:
+        """Bytes of the decoded image: prod(shape) * dtype size."""
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    def image(self) -> np.ndarray:
+        """The pixels as an array of ``shape`` and ``dtype``: uint8 (H, W) or (H, W, C).
+
+        Raw frames are zero-copy: a read-only view of ``pixels`` (``.copy()``
+        it to write). JPEG and PNG are decoded with OpenCV (colour in BGR
+        order); a file whose size, channels or dtype disagree with ``shape``
+        and ``dtype`` is a ProtocolError, checked before decoding so a small
+        file cannot make OpenCV allocate a huge image.
+        """
+        if self.encoding == "raw":
+            return np.frombuffer(self.pixels, dtype=self.dtype).reshape(self.shape)
+        size = _jpeg_size(self.pixels) if self.encoding == "jpeg" else _png_size(self.pixels)
+        if size is None:
+            raise ProtocolError(f"frame {self.stream}#{self.seq}: pixels are not a {self.encoding} file")
+        if size != self.shape[:2]:
+            raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} is {size[0]}x{size[1]}, "
+                                f"shape says {self.shape[0]}x{self.shape[1]}")
+        try:
+            image = cv2.imdecode(np.frombuffer(self.pixels, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} does not decode "
+                                f"({str(exc).strip().splitlines()[-1]})") from None
+        if image is None:
+            raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} does not decode")
+        # OpenCV returns single-channel images as (H, W); the sender may have said (H, W, 1).
+        if image.ndim == 2 and len(self.shape) == 3 and self.shape[2] == 1:
+            image = image[:, :, None]
+        if image.shape != self.shape or image.dtype != np.dtype(self.dtype):
+            raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} decodes to {image.dtype} "
+                                f"{image.shape}, header says {self.dtype} {self.shape}")
+        return image
+
+
+@dataclass(frozen=True)
+class Score:
+    """The worker's verdict on frame ``seq`` of ``stream``.
+
+    ``score`` in [0, 1] is compared with ``threshold`` to give ``decision``.
+    Times are unix seconds: ``t_capture`` copied from the frame, ``t_received``
+    when the worker got it, ``t_scored`` when the score was ready;
+    ``latency = t_scored - t_capture``. ``window`` counts the frames behind
+    the score (the scored one included); ``flags`` holds ``"warmup"`` while
+    fewer than the model's window are behind it and ``"gap"`` when frames
+    are missing inside it. ``dropped`` counts frames of the stream the
+    worker never scored so far.
+    """
+
+    TYPE: ClassVar[str] = "score"
+
+    stream: str
+    seq: int
+    score: float
+    decision: bool
+    threshold: float
+    model: str
+    t_capture: float
+    t_received: float
+    t_scored: float
+    latency: float
+    flags: tuple[str, ...]
+    window: int
+    dropped: int
+
+    def __post_init__(self) -> None:
+        _set(self, "stream", _stream(self.stream, "score.stream", process=False))
+        _set(self, "seq", _int(self.seq, "score.seq", minimum=0))
+        _set(self, "score", _float(self.score, "score.score", lo=0.0, hi=1.0))
+        _set(self, "decision", _bool(self.decision, "score.decision"))
+        _set(self, "threshold", _float(self.threshold, "score.threshold", lo=0.0, hi=1.0))
+        _str(self.model, "score.model")
+        for name in ("t_capture", "t_received", "t_scored", "latency"):
+            _set(self, name, _float(getattr(self, name), f"score.{name}"))
+        _set(self, "flags", tuple(_str(f, "score.flags item") for f in _tuple(self.flags, "score.flags")))
+        _set(self, "window", _int(self.window, "score.window", minimum=1))
+        _set(self, "dropped", _int(self.dropped, "score.dropped", minimum=0))
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Stream ``stream`` has ended after frame ``last_seq`` (None: no frame was sent).
+
+    ``reason`` is ``"eof"`` (file source finished), ``"stopped"`` (asked to
+    stop), ``"error"`` or another short word; ``t`` is unix seconds.
+    """
+
+    TYPE: ClassVar[str] = "end_of_stream"
+
+    stream: str
+    last_seq: int | None
+    reason: str
+    t: float
+
+    def __post_init__(self) -> None:
+        _set(self, "stream", _stream(self.stream, "end_of_stream.stream", process=False))
+        if self.last_seq is not None:
+            _set(self, "last_seq", _int(self.last_seq, "end_of_stream.last_seq", minimum=0))
+        _str(self.reason, "end_of_stream.reason")
+        _set(self, "t", _float(self.t, "end_of_stream.t"))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A process is alive; ``stats`` are its health figures.
+
+    ``stream`` is the process-level id (``_worker``, ``_capture.<name>``),
+    ``role`` e.g. ``"capture"`` or ``"worker"``, ``t`` unix seconds.
+    ``stats`` maps flat names to numbers, e.g. ``frames_in``, ``frames_out``,
+    ``dropped``, ``rejected.<class>``, ``fps_in``, ``latency_p50`` (seconds).
+    """
+
+    TYPE: ClassVar[str] = "heartbeat"
+
+    stream: str
+    role: str
+    pid: int
+    t: float
+    stats: dict[str, int | float]
+
+    def __post_init__(self) -> None:
+        _set(self, "stream", _stream(self.stream, "heartbeat.stream", process=True))
+        _str(self.role, "heartbeat.role")
+        _set(self, "pid", _int(self.pid, "heartbeat.pid", minimum=0))
+        _set(self, "t", _float(self.t, "heartbeat.t"))
+        if not isinstance(self.stats, dict):
+            raise _fail("heartbeat.stats", "a map", self.stats)
+        stats: dict[str, int | float] = {}
+        for key, value in self.stats.items():
+            where = f"heartbeat.stats[{key!r}]"
+            _str(key, "heartbeat.stats key")
+            is_int = hasattr(value, "__index__") and not isinstance(value, (bool, np.bool_))
+            stats[key] = _int(value, where) if is_int else _float(value, where)
+        # A copy, so the caller's live counters cannot change a sent message.
+        _set(self, "stats", stats)
+
+
+@dataclass(frozen=True)
+class Status:
+    """A human-readable event of a stream or process, e.g. ``"device 0 lost, retrying in 2.0 s"``.
+
+    ``level`` is ``"info"``, ``"warning"`` or ``"error"``; ``t`` unix seconds.
+    """
+
+    TYPE: ClassVar[str] = "status"
+
+    stream: str
+    level: str
+    message: str
+    t: float
+
+    def __post_init__(self) -> None:
+        _set(self, "stream", _stream(self.stream, "status.stream", process=None))
+        _str(self.level, "status.level", choices=LEVELS)
+        if not isinstance(self.message, str):
+            raise _fail("status.message", "a string", self.message)
+        _set(self, "t", _float(self.t, "status.t"))
+
+
+Message = Frame | Score | EndOfStream | Heartbeat | Status
+_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Frame, Score, EndOfStream, Heartbeat, Status)}
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# --- constructors ----------------------------------------------------------------------
+
+
+def frame_message(stream: str, seq: int, image: np.ndarray, *, encoding: str = "raw",
+                  t_capture: float | None = None, t_source: float | None = None,
+                  spacing: tuple[float, float] | None = None, jpeg_quality: int = 90) -> Frame:
+    """A Frame of ``image``: uint8 (H, W) or (H, W, C), C in 1, 3 (BGR), 4 (BGRA; not for jpeg).
+
+    Raw pixels are copied once (so the caller may reuse its buffer);
+    ``t_capture`` defaults to now.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ProtocolError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype.name not in DTYPES:
+        raise ProtocolError(f"image dtype must be one of {', '.join(DTYPES)}, got {image.dtype}")
+    _str(encoding, "encoding", choices=ENCODINGS)
+    if encoding == "raw":
+        pixels = image.tobytes()
+    else:
+        if encoding == "jpeg" and image.ndim == 3 and image.shape[2] not in (1, 3):
+            raise ProtocolError(f"jpeg needs 1 or 3 channels, image has shape {image.shape}")
+        quality = _int(jpeg_quality, "jpeg_quality", minimum=0)
+        if quality > 100:
+            raise _fail("jpeg_quality", "in [0, 100]", quality)
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == "jpeg" else []
+        try:
+            ok, buffer = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image, params)
+        except cv2.error as exc:
+            raise ProtocolError(f"cannot encode image of shape {image.shape} as {encoding}: "
+                                f"{str(exc).strip().splitlines()[-1]}") from None
+        if not ok:
+            raise ProtocolError(f"cannot encode image of shape {image.shape} as {encoding}")
+        pixels = buffer.tobytes()
+    return Frame(stream=stream, seq=seq, t_capture=time.time() if t_capture is None else t_capture,
+                 t_source=t_source, shape=image.shape, dtype=image.dtype.name, encoding=encoding,
+                 spacing=spacing, pixels=pixels)
+
+
+# --- encode / decode -------------------------------------------------------------------
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 2**8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 2**16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def encode(msg: Message) -> bytes:
+    """The wire bytes of ``msg``: topic, NUL, msgpack map with ``v`` and ``type`` first.
+
+    A Frame's pixels go last and are copied exactly once, straight into the
+    result (packing them with msgpack and then prefixing the topic would copy
+    them twice).
+    """
+    cls = type(msg)
+    if _TYPES.get(getattr(cls, "TYPE", None)) is not cls:
+        raise TypeError(f"not a protocol message: {cls.__name__}")
+    names = _field_names(cls)
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    packer.pack_map_header(len(names) + 2)
+    packer.pack("v")
+    packer.pack(VERSION)
+    packer.pack("type")
+    packer.pack(cls.TYPE)
+    for name in names:
+        packer.pack(name)
+        if name != "pixels":
+            packer.pack(getattr(msg, name))
+    parts = [topic(msg.stream), packer.getbuffer()]
+    if isinstance(msg, Frame):
+        parts += [_bin_header(len(msg.pixels)), msg.pixels]
+    return b"".join(parts)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
+
+
+def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:
+    """The message in ``data`` (bytes-like, e.g. a ZeroMQ frame's buffer).
+
+    Raises ProtocolError, and nothing else, for anything that is not a valid
+    message of a supported version; unknown extra map fields are ignored.
+    Nothing is allocated beyond ``max_size``: the length is checked before
+    unpacking and msgpack's length limits are capped. A frame's pixels are
+    copied once out of ``data``; ``Frame.image()`` then views them.
+    """
+    view = memoryview(data)
+    if view.nbytes > max_size:
+        raise ProtocolError(f"oversized message: {view.nbytes} bytes, cap is {max_size}")
+    head = bytes(view[:_MAX_STREAM_ID + 1])
+    sep = head.find(TOPIC_SEPARATOR)
+    if sep < 0:
+        raise ProtocolError(f"missing topic separator: no NUL byte in the first {len(head)} bytes")
+    try:
+        stream = _stream(head[:sep].decode("utf-8"), "topic", process=None)
+    except UnicodeDecodeError:
+        raise _fail("topic", "a UTF-8 stream id", head[:sep]) from None
+    try:
+        body = msgpack.unpackb(view[sep + 1:], raw=False, use_list=False, strict_map_key=True,
+                               max_bin_len=max_size, max_str_len=_MAX_STR, max_array_len=_MAX_ITEMS,
+                               max_map_len=_MAX_ITEMS, max_ext_len=0)
+    except Exception as exc:  # msgpack raises many types for bad input; the contract is ProtocolError
+        raise ProtocolError(f"stream {stream!r}: body is not msgpack ({_one_line(exc)})") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"stream {stream!r}: body is a msgpack {type(body).__name__}, not a map")
+    if "v" not in body:
+        raise ProtocolError(f"stream {stream!r}: missing field 'v' (protocol version)")
+    version = body["v"]
+    if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
+        supported = ", ".join(map(str, SUPPORTED_VERSIONS))
+        raise ProtocolError(f"stream {stream!r}: unsupported protocol version {version!r} (supported: {supported})")
+    kind = body.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"stream {stream!r}: unknown message type {kind!r} (known: {', '.join(_TYPES)})")
+    missing = [name for name in _field_names(cls) if name not in body]
+    if missing:
+        raise ProtocolError(f"{kind} on stream {stream!r}: missing field {', '.join(map(repr, missing))}")
+    if body["stream"] != stream:
+        raise ProtocolError(f"topic {stream!r} does not match the map's stream {body['stream']!r}")
+    msg = cls(**{name: body[name] for name in _field_names(cls)})
+    if isinstance(msg, Frame) and msg.image_nbytes > max_size:
+        raise ProtocolError(f"oversized frame: {msg.shape} decodes to {msg.image_nbytes} bytes, cap is {max_size}")
+    return msg
+
+
+# --- compressed image headers ----------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk, or None if ``data`` is not a PNG."""
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame segment, or None if there is none."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
