@@ -137,6 +137,26 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """Flat tables of plain values as TOML text that ``load`` reads back (None is left out)."""
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def load(cls: type[T], section: str, path: str | Path | None = None,
          overrides: Mapping[str, Any] | None = None) -> T:
     """``cls`` from table ``section`` of the TOML file at ``path``, then ``overrides``.

@@ -13,6 +13,9 @@ import numpy as np
 
 from models.config import ModelConfig
 
+# Bump when preprocessing changes its output: feature caches keyed on it go stale.
+PREPROCESS_VERSION = 1
+
 # The auto ROI is found on a copy shrunk to at most this many pixels a side:
 # the scan area is large, so its box is exact to a few raw pixels and the
 # search costs well under a millisecond.

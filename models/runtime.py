@@ -30,6 +30,7 @@ class Runtime:
     def __init__(self, config: ModelConfig, extractor: keras.Model, head: keras.Model) -> None:
         self.config = config
         self.extractor = extractor
+        self.training_head = head
         self.head = inference_head(head, config)
         self.feature_dim = int(extractor.output_shape[-1])
 

@@ -1,0 +1,289 @@
+"""K-fold cross-validation of the CNN-LSTM on scan folders, then the final model.
+
+Layout of a run folder::
+
+    run.json                 config + data fingerprint; a rerun must match it
+    folds.csv                scan -> fold assignment (and holdout scans)
+    folds/fold_I/            history.csv, best.weights.h5, predictions.csv, result.json
+    final/                   the model trained on every non-holdout scan
+    model.fhb                the bundle the worker loads
+    report/                  metrics, plots and report.md (train/report.py)
+
+Every result file is written to a temporary name and renamed, and a fold
+counts as done only once its result.json exists, so a killed run resumes
+from the last finished fold (and, inside a fold, from its last epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from models.bundle import save as save_bundle
+from models.cnn_lstm import build_feature_extractor, build_temporal_head
+from models.config import ConfigError, ModelConfig, to_dict
+from models.errors import FetalheadError
+from models.preprocess import preprocess_batch
+from models.runtime import Runtime
+from models.scoring import window_scores
+from train.cache import FeatureCache, ScanFeatures, data_fingerprint, frame_hash
+from train.config import TrainConfig
+from train.data import Scan, load_dataset
+from train.folds import scan_folds
+from train.metrics import binary_metrics, choose_threshold
+from train.trainer import WindowBatches, build_trainable, fit, read_history, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanData:
+    """One scan ready for training: its model inputs, labels and content hashes.
+
+    inputs: float32 (N, F) cached features, or (N, S, S, 3) preprocessed
+    images when the backbone is trained too.
+    """
+
+    name: str
+    inputs: np.ndarray
+    labels: np.ndarray
+    hashes: list[str]
+
+
+def prepare(scans: list[Scan], model_config: ModelConfig, train_config: TrainConfig,
+            extractor: keras.Model) -> list[ScanData]:
+    """Features from the cache, or preprocessed images for --train-backbone."""
+    if train_config.train_backbone:
+        out = []
+        for scan in scans:
+            frames = list(scan.iter_frames())
+            out.append(ScanData(scan.name, preprocess_batch(frames, model_config),
+                                np.asarray(scan.labels, np.int8), [frame_hash(f) for f in frames]))
+        return out
+    runtime = Runtime(model_config, extractor, build_temporal_head(model_config, extractor.output_shape[-1]))
+    cache = FeatureCache(runtime, train_config.cache_dir or None, batch_size=train_config.extract_batch)
+    features = cache.extract(scans, progress=train_config.progress)
+    return [ScanData(s.name, features[s.name].features, features[s.name].labels, features[s.name].hashes)
+            for s in scans]
+
+
+def _check_run_folder(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to mix results made with another config or other data into ``out``."""
+    path = out / "run.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        for key in ("data", "model", "train_split"):
+            if previous.get(key) != identity.get(key):
+                raise FetalheadError(
+                    f"run folder {out}: made with another {'dataset' if key == 'data' else 'config'} "
+                    f"({key} differs); use a new --out folder")
+    write_json(path, identity)
+
+
+def split_identity(train_config: TrainConfig) -> dict[str, Any]:
+    """The settings that must agree for fold results to be combined."""
+    settings = to_dict(train_config)
+    for free in ("fold", "progress", "cache_dir", "extract_batch", "final", "final_epochs"):
+        settings.pop(free)
+    return settings
+
+
+def score_scans(runtime: Runtime, data: list[ScanData], *, images: bool) -> pd.DataFrame:
+    """Streaming-equivalent per-frame scores of each scan: scan, frame, label, score."""
+    rows = []
+    for item in data:
+        features = runtime.features(item.inputs) if images else item.inputs
+        scores = runtime.scan_scores(features)
+        rows.append(pd.DataFrame({"scan": item.name, "frame": np.arange(len(scores)),
+                                  "label": item.labels.astype(int), "score": scores}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["scan", "frame", "label", "score"])
+
+
+def window_metrics(runtime: Runtime, data: list[ScanData], *, images: bool, threshold: float) -> dict[str, float]:
+    """The seed's per-window view: every position of every stride-1 window."""
+    scores, labels = [], []
+    window = runtime.config.window
+    for item in data:
+        features = runtime.features(item.inputs) if images else item.inputs
+        w = window_scores(features, runtime.score_windows, window)
+        if len(w):
+            scores.append(w.ravel())
+            labels.append(np.lib.stride_tricks.sliding_window_view(item.labels, window).ravel())
+    if not scores:
+        return {}
+    return binary_metrics(np.concatenate(labels), np.concatenate(scores), threshold)
+
+
+def _fresh_extractor(model_config: ModelConfig, shared: keras.Model, train_config: TrainConfig) -> keras.Model:
+    if not train_config.train_backbone:
+        return shared
+    extractor = build_feature_extractor(model_config)
+    extractor.set_weights(shared.get_weights())
+    return extractor
+
+
+def train_one(folder: Path, model_config: ModelConfig, train_config: TrainConfig, shared_extractor: keras.Model,
+              train_data: list[ScanData], val_data: list[ScanData], *, epochs: int, seed: int,
+              description: str) -> tuple[Runtime, pd.DataFrame]:
+    """Fit a head (and the backbone with --train-backbone) on ``train_data``."""
+    keras.utils.set_random_seed(seed)
+    extractor = _fresh_extractor(model_config, shared_extractor, train_config)
+    feature_dim = int(extractor.output_shape[-1])
+    model, head = build_trainable(model_config, train_config, feature_dim,
+                                  extractor if train_config.train_backbone else None)
+    batches = dict(window=model_config.window, stride=train_config.stride, batch_size=train_config.batch_size)
+    train_batches = WindowBatches([d.inputs for d in train_data], [d.labels for d in train_data],
+                                  shuffle=True, seed=seed, **batches)
+    if len(train_batches.index) == 0:
+        raise FetalheadError(f"{description}: no training window of {model_config.window} frames")
+    val_batches = None
+    if val_data:
+        val_batches = WindowBatches([d.inputs for d in val_data], [d.labels for d in val_data],
+                                    shuffle=False, seed=seed, **batches)
+        if len(val_batches.index) == 0:
+            val_batches = None
+    history = fit(model, folder, train_batches, val_batches, epochs=epochs, train_config=train_config,
+                  description=description, in_memory=not train_config.train_backbone)
+    extractor.trainable = False
+    return Runtime(model_config, extractor, head), history
+
+
+def run_fold(out: Path, index: int, train_scans: list[str], val_scans: list[str], data: dict[str, ScanData],
+             model_config: ModelConfig, train_config: TrainConfig, extractor: keras.Model) -> dict[str, Any]:
+    """Train and score fold ``index``; returns (and writes) its result."""
+    folder = out / "folds" / f"fold_{index}"
+    done = folder / "result.json"
+    if done.exists():
+        log.info("fold %d already done: %s", index, done)
+        return json.loads(done.read_text())
+    train_data = [data[s] for s in train_scans]
+    val_data = [data[s] for s in val_scans]
+    runtime, history = train_one(folder, model_config, train_config, extractor, train_data, val_data,
+                                 epochs=train_config.epochs, seed=train_config.seed + index,
+                                 description=f"fold {index + 1}/{train_config.folds}")
+    images = train_config.train_backbone
+    train_scores = score_scans(runtime, train_data, images=images)
+    threshold = choose_threshold(train_scores["label"], train_scores["score"], train_config.threshold_rule)
+    predictions = score_scans(runtime, val_data, images=images)
+    predictions["fold"] = index
+    predictions.to_csv(folder / "predictions.partial.csv", index=False)
+    (folder / "predictions.partial.csv").replace(folder / "predictions.csv")
+    val_loss = history["val_loss"] if "val_loss" in history else pd.Series(dtype=float)
+    best_epoch = int(val_loss.idxmin()) + 1 if len(val_loss.dropna()) else len(history)
+    result = {
+        "fold": index,
+        "train_scans": train_scans,
+        "val_scans": val_scans,
+        "epochs_run": int(len(history)),
+        "best_epoch": best_epoch,
+        "threshold": threshold,
+        "threshold_rule": train_config.threshold_rule,
+        "at_0.5": binary_metrics(predictions["label"], predictions["score"], 0.5),
+        "at_threshold": binary_metrics(predictions["label"], predictions["score"], threshold),
+        "windows_at_0.5": window_metrics(runtime, val_data, images=images, threshold=0.5),
+    }
+    write_json(done, result)
+    return result
+
+
+def load_fold_predictions(out: Path, folds: list[dict[str, Any]]) -> pd.DataFrame:
+    frames = [pd.read_csv(out / "folds" / f"fold_{f['fold']}" / "predictions.csv") for f in folds]
+    return pd.concat(frames, ignore_index=True)
+
+
+def final_epochs(folds: list[dict[str, Any]], train_config: TrainConfig) -> int:
+    """Epochs for the final model: set, or the median of the folds' best epochs."""
+    if train_config.final_epochs is not None:
+        return train_config.final_epochs
+    if not train_config.early_stopping:
+        return train_config.epochs
+    return max(1, int(round(statistics.median(f["best_epoch"] for f in folds))))
+
+
+def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, train_config: TrainConfig
+          ) -> dict[str, Any]:
+    """The whole run: check data, features, k folds, final model, bundle, report.
+
+    Returns a summary: run folder, fold results, bundle path (None when only
+    one fold was run) and report folder.
+    """
+    from train.report import write_report
+
+    out = Path(out)
+    scans = load_dataset(data_root, window=model_config.window)
+    names = [s.name for s in scans]
+    unknown = [h for h in train_config.holdout if h not in names]
+    if unknown:
+        raise ConfigError(f"holdout: no scan named {', '.join(unknown)} in {data_root}")
+    extractor = build_feature_extractor(model_config)
+    data = {d.name: d for d in prepare(scans, model_config, train_config, extractor)}
+    identity = {"data": data_fingerprint_of(data.values()), "model": to_dict(model_config),
+                "train_split": split_identity(train_config), "data_root": str(Path(data_root).resolve())}
+    _check_run_folder(out, identity)
+
+    pool = [n for n in names if n not in train_config.holdout]
+    folds = scan_folds(pool, [data[n].labels for n in pool], train_config.folds, seed=train_config.seed)
+    assignment = [{"scan": scan, "fold": i, "frames": len(data[scan].labels), "head": int(data[scan].labels.sum())}
+                  for i, (_, val) in enumerate(folds) for scan in val]
+    assignment += [{"scan": scan, "fold": "holdout", "frames": len(data[scan].labels),
+                    "head": int(data[scan].labels.sum())} for scan in train_config.holdout]
+    pd.DataFrame(assignment).to_csv(out / "folds.csv", index=False)
+
+    todo = range(train_config.folds) if train_config.fold is None else [train_config.fold]
+    results = [run_fold(out, i, *folds[i], data, model_config, train_config, extractor) for i in todo]
+    summary: dict[str, Any] = {"run": str(out), "folds": results, "bundle": None, "report": None}
+    if train_config.fold is not None:
+        return summary
+
+    oof = load_fold_predictions(out, results)
+    threshold = choose_threshold(oof["label"], oof["score"], train_config.threshold_rule)
+    holdout_predictions = None
+    if train_config.final:
+        epochs = final_epochs(results, train_config)
+        runtime, _ = train_one(out / "final", model_config, train_config, extractor, [data[n] for n in pool], [],
+                               epochs=epochs, seed=train_config.seed + 1000, description="final model")
+        if train_config.holdout:
+            holdout_predictions = score_scans(runtime, [data[n] for n in train_config.holdout],
+                                              images=train_config.train_backbone)
+            holdout_predictions["fold"] = "holdout"
+        info = {
+            "trained_on": pool, "holdout": list(train_config.holdout), "final_epochs": epochs,
+            "data_fingerprint": identity["data"], "threshold_rule": f"{train_config.threshold_rule} on pooled "
+                                                                    "out-of-fold per-frame scores",
+            "train_config": to_dict(train_config),
+            "cross_validation": summarise(results, oof, threshold),
+        }
+        summary["bundle"] = str(save_bundle(out / "model.fhb", model_config, runtime.extractor, runtime.training_head,
+                                            threshold=threshold, info=info))
+    summary["report"] = str(write_report(out, model_config, train_config, results, oof, threshold,
+                                         holdout_predictions))
+    return summary
+
+
+def data_fingerprint_of(data) -> str:
+    return data_fingerprint(ScanFeatures(d.name, d.inputs, d.hashes, d.labels) for d in data)
+
+
+def summarise(results: list[dict[str, Any]], oof: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """Mean and standard deviation over folds, and pooled out-of-fold metrics."""
+    table = pd.DataFrame([r["at_threshold"] for r in results])
+    keys = ["accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"]
+    per_scan_auc = []
+    for _, group in oof.groupby("scan"):
+        if group["label"].nunique() == 2:
+            per_scan_auc.append(binary_metrics(group["label"], group["score"])["roc_auc"])
+    return {
+        "folds_mean": {k: float(table[k].mean()) for k in keys},
+        "folds_std": {k: float(table[k].std(ddof=0)) for k in keys},
+        "pooled_out_of_fold": binary_metrics(oof["label"], oof["score"], threshold),
+        "mean_within_scan_roc_auc": float(np.mean(per_scan_auc)) if per_scan_auc else float("nan"),
+        "threshold": threshold,
+    }
