@@ -1,0 +1,365 @@
+"""``fetalhead capture``: publish the frames of one source as protocol messages.
+
+The socket loop is a thin shell around three pure pieces that tests call
+directly: ``Pacer`` (when the next frame is due), ``protocol.frame_message``
+(frame -> message) and ``Backoff`` (how long to wait before reopening a
+device that failed).
+
+Modes: ``live`` binds a PUB socket; a slow subscriber loses frames rather
+than delaying them. ``lossless`` binds a PUSH socket that one worker
+connects to with PULL; a full queue blocks the send, so the worker's pace
+becomes the capture's pace and no frame is ever dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import zmq
+
+from models.config import check, load
+from stream import net, protocol
+from stream.sources import Source, SourceError, open_source
+from tools.cli import parser as make_parser, run
+
+logger = logging.getLogger(__name__)
+
+# How often a blocked send or a sleep looks at the stop event; bounds the
+# time a stop request waits.
+_POLL_S = 0.05
+# A lossless end of stream waits this long for room in the queue, then gives up:
+# the worker may be gone.
+_EOS_TIMEOUT_S = 2.0
+# How long closing waits for queued messages to leave: in lossless mode the
+# last frames and the end of stream are queued when the loop ends.
+_LINGER_MS = {"live": 1000, "lossless": 5000}
+
+
+class Pacer:
+    """When the next frame is due, for a source played at ``fps`` frames a second.
+
+    Deadlines advance by one period from the previous deadline, so timing
+    errors do not accumulate; after a stall of more than one period the
+    schedule restarts from now instead of bursting to catch up. ``fps`` None
+    means as fast as the consumer takes them.
+    """
+
+    def __init__(self, fps: float | None) -> None:
+        if fps is not None and not fps > 0:
+            raise ValueError(f"fps must be > 0 or None, got {fps}")
+        self.period = 1.0 / fps if fps else 0.0
+        self._due: float | None = None
+
+    def due_in(self, now: float) -> float:
+        """Seconds from ``now`` until the next frame is due; 0 when it is due."""
+        if self._due is None:
+            return 0.0
+        return max(0.0, self._due - now)
+
+    def sent(self, now: float) -> None:
+        """Record that a frame went out at ``now``."""
+        if self._due is None or now - self._due > self.period:
+            self._due = now + self.period
+        else:
+            self._due += self.period
+
+
+class Backoff:
+    """Exponential retry delays: ``initial`` seconds, doubling up to ``maximum``."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 8.0, factor: float = 2.0) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError(f"backoff needs 0 < initial <= maximum, got {initial} and {maximum}")
+        if factor < 1:
+            raise ValueError(f"backoff factor must be >= 1, got {factor}")
+        self.initial, self.maximum, self.factor = initial, maximum, factor
+        self.attempts = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt, in seconds."""
+        delay = min(self.maximum, self.initial * self.factor ** self.attempts)
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        """The source works again: the next failure starts from ``initial``."""
+        self.attempts = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureConfig:
+    """Settings of ``fetalhead capture`` (a ``[capture]`` TOML table).
+
+    ``stream`` None uses the source's name; ``fps`` None the source's own
+    rate; ``hwm`` None picks 4 frames in lossless mode (backpressure reaches
+    the capture quickly) and 16 in live mode; ``max_frames`` None is no limit.
+    A device that fails is reopened after ``retry_initial_s``, doubling up
+    to ``retry_max_s`` while it keeps failing.
+    """
+
+    pub: str = net.DEFAULT_PUB
+    mode: Literal["live", "lossless"] = "live"
+    stream: str | None = None
+    encoding: Literal["raw", "jpeg", "png"] = "raw"
+    fps: float | None = None
+    fast: bool = False
+    loop: bool = False
+    heartbeat_s: float = protocol.HEARTBEAT_INTERVAL_S
+    hwm: int | None = None
+    allow_remote: bool = False
+    max_frames: int | None = None
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        check(self.fps is None or self.fps > 0, f"fps: must be > 0, got {self.fps}")
+        check(not (self.fast and self.fps is not None), "fast: --fast and --fps exclude each other")
+        check(self.heartbeat_s > 0, f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
+        check(self.hwm is None or self.hwm >= 1, f"hwm: must be >= 1, got {self.hwm}")
+        check(self.max_frames is None or self.max_frames >= 1, f"max_frames: must be >= 1, got {self.max_frames}")
+        check(0 < self.retry_initial_s <= self.retry_max_s,
+              f"retry_initial_s: must be > 0 and <= retry_max_s, got {self.retry_initial_s} and {self.retry_max_s}")
+        if self.stream is not None:
+            try:
+                protocol.topic(self.stream)
+            except protocol.ProtocolError as exc:
+                check(False, f"stream: {exc}")
+            check(not protocol.is_process_id(self.stream), f"stream: {self.stream!r} must not start with '_'")
+
+    @property
+    def queue_size(self) -> int:
+        return self.hwm if self.hwm is not None else (4 if self.mode == "lossless" else 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureStats:
+    """What one capture run sent: frame count, last seq, source failures, why it ended."""
+
+    stream: str
+    frames_out: int
+    last_seq: int | None
+    source_errors: int
+    reason: str
+    elapsed_s: float
+
+
+class _Publisher:
+    """The capture's socket: frames, ends of stream, statuses and heartbeats.
+
+    Sends that must arrive (lossless frames, the end of stream) wait for room
+    in the queue but give up when ``stop`` is set; heartbeats never wait.
+    """
+
+    def __init__(self, sock: zmq.Socket, stream: str, stop: threading.Event, heartbeat_s: float) -> None:
+        self.sock = sock
+        self.stream = stream
+        self.stop = stop
+        self.heartbeat_s = heartbeat_s
+        self.frames_out = 0
+        self.source_errors = 0
+        self.last_seq: int | None = None
+        self._started = time.monotonic()
+        self._beat_at = self._started
+        self._beat_frames = 0
+        self._process = protocol.process_id("capture", stream)
+
+    def send(self, data: bytes, *, wait: bool = False, timeout_s: float | None = None) -> bool:
+        """Queue ``data``; False when it could not be.
+
+        Without ``wait`` a full queue gives up at once. With ``wait`` it waits
+        for room until ``stop`` is set, or, given ``timeout_s``, for that long
+        whatever ``stop`` says (the end of stream must go out after a stop).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                self.sock.send(data, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if not wait:
+                    return False
+                if deadline is None and self.stop.is_set():
+                    return False
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self.sock.poll(int(_POLL_S * 1000), zmq.POLLOUT)
+                self.beat_if_due()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` while keeping heartbeats going; False when stopped meanwhile."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self.stop.wait(min(left, _POLL_S)):
+                return False
+            self.beat_if_due()
+        return not self.stop.is_set()
+
+    def status(self, level: str, message: str) -> None:
+        self.send(protocol.encode(protocol.Status(self.stream, level, message, time.time())), wait=False)
+
+    def beat_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._beat_at < self.heartbeat_s:
+            return
+        fps = (self.frames_out - self._beat_frames) / (now - self._beat_at)
+        self._beat_at, self._beat_frames = now, self.frames_out
+        stats = {"frames_out": self.frames_out, "fps_out": fps, "source_errors": self.source_errors,
+                 "uptime_s": now - self._started}
+        if self.last_seq is not None:
+            stats["seq"] = self.last_seq
+        beat = protocol.Heartbeat(self._process, "capture", os.getpid(), time.time(), stats)
+        self.send(protocol.encode(beat), wait=False)
+
+
+def _frames_with_retry(source: Source, pub: _Publisher,
+                       backoff: Backoff) -> Iterator[tuple[np.ndarray, float | None]]:
+    """The source's frames; a device that fails is reopened with backoff until stopped."""
+    while True:
+        try:
+            for item in source:
+                backoff.reset()
+                yield item
+            return
+        except SourceError as exc:
+            if not source.retry:
+                raise
+            failure = str(exc)
+        while True:
+            pub.source_errors += 1
+            delay = backoff.next()
+            logger.warning("%s; retrying in %g s", failure, delay)
+            pub.status("warning", f"{failure}; retrying in {delay:g} s")
+            if not pub.sleep(delay):
+                return
+            try:
+                source.reopen()
+                break
+            except SourceError as exc:
+                failure = str(exc)
+        pub.status("info", f"{source.name}: reopened")
+
+
+def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
+            stop_event: threading.Event | None = None) -> CaptureStats:
+    """Publish every frame of ``source`` (a spec for ``open_source``, or an open Source).
+
+    Frames of stream ``config.stream`` (default: the source's name) get seq
+    0, 1, 2 ... The run ends with an EndOfStream message: reason ``eof`` at
+    the end of a file, ``max_frames`` after ``config.max_frames`` frames,
+    ``stopped`` when ``stop_event`` is set or on Ctrl-C, ``error`` when
+    something fails for good (the error then propagates).
+    """
+    net.check_bind_address(config.pub, allow_remote=config.allow_remote)
+    stop = stop_event if stop_event is not None else threading.Event()
+    lossless = config.mode == "lossless"
+    src = source if isinstance(source, Source) else open_source(source, fps=config.fps, loop=config.loop)
+    stream = config.stream or src.name
+    started = time.monotonic()
+    with contextlib.closing(src):
+        # A source's own name (a file stem) may not be a valid stream id: say so before binding.
+        try:
+            protocol.topic(stream)
+        except protocol.ProtocolError as exc:
+            raise SourceError(f"{src.name}: cannot be a stream id ({exc}); give one with --stream") from None
+        kind = zmq.PUSH if lossless else zmq.PUB
+        with net.socket(kind, bind=config.pub, hwm=config.queue_size, linger=_LINGER_MS[config.mode],
+                        allow_remote=config.allow_remote) as sock:
+            logger.info("capture %s: %s on %s, %s, %s", stream, "PUSH" if lossless else "PUB", config.pub,
+                        config.mode, "fast" if config.fast else f"{config.fps or src.fps or 0:g} fps")
+            pub = _Publisher(sock, stream, stop, config.heartbeat_s)
+            reason = "error"
+            try:
+                reason = _publish_frames(src, pub, config)
+            except KeyboardInterrupt:
+                reason = "stopped"
+            finally:
+                end = protocol.EndOfStream(stream, pub.last_seq, reason, time.time())
+                if not pub.send(protocol.encode(end), wait=True, timeout_s=_EOS_TIMEOUT_S):
+                    logger.warning("capture %s: end of stream not delivered (no consumer took it)", stream)
+                logger.info("capture %s: %d frames, ended (%s)", stream, pub.frames_out, reason)
+    return CaptureStats(stream, pub.frames_out, pub.last_seq, pub.source_errors, reason,
+                        time.monotonic() - started)
+
+
+def _publish_frames(source: Source, pub: _Publisher, config: CaptureConfig) -> str:
+    """Send frames until the source ends, the limit is reached or ``pub.stop`` is set; returns the reason."""
+    lossless = config.mode == "lossless"
+    # A device delivers at its own pace; pacing it again would only add latency.
+    pacer = Pacer(None if config.fast or source.retry else (config.fps or source.fps))
+    seq = 0
+    backoff = Backoff(config.retry_initial_s, config.retry_max_s)
+    for image, t_source in _frames_with_retry(source, pub, backoff):
+        if pub.stop.is_set() or not pub.sleep(pacer.due_in(time.monotonic())):
+            return "stopped"
+        msg = protocol.frame_message(pub.stream, seq, image, encoding=config.encoding, t_source=t_source)
+        # Only a lossless send waits, and it fails only when asked to stop.
+        if not pub.send(protocol.encode(msg), wait=lossless) and lossless:
+            return "stopped"
+        pacer.sent(time.monotonic())
+        pub.last_seq = seq
+        pub.frames_out += 1
+        seq += 1
+        pub.beat_if_due()
+        if config.max_frames is not None and pub.frames_out >= config.max_frames:
+            return "max_frames"
+    return "stopped" if pub.stop.is_set() else "eof"
+
+
+@contextlib.contextmanager
+def process_scope() -> Iterator[threading.Event]:
+    """For a command's ``main``: a stop event that SIGINT and SIGTERM set, and a clean exit.
+
+    On the way out the process-wide ZeroMQ context is terminated, which
+    waits (up to each socket's linger) for queued messages to leave:
+    ZeroMQ drops them when a process just exits. It blocks while any socket
+    is open, so only a ``main`` that owns its process uses this.
+    """
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        net.context().term()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = make_parser("capture", "Publish frames from a video device, video file, scan folder or synthetic source.")
+    p.add_argument("source", help="device index (0), video file, scan folder, or 'synthetic'")
+    p.add_argument("--pub", help=f"address to bind (default {net.DEFAULT_PUB})")
+    p.add_argument("--mode", choices=("live", "lossless"),
+                   help="live: PUB, slow consumers miss frames; lossless: PUSH to one worker, nothing dropped")
+    p.add_argument("--stream", help="stream id (default: the source's name)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--fps", type=float, help="frame rate to play at (default: the source's own)")
+    pace.add_argument("--fast", action="store_true", default=None, help="as fast as the consumer takes frames")
+    p.add_argument("--loop", action="store_true", default=None, help="replay a file or scan folder endlessly")
+    p.add_argument("--encoding", choices=("raw", "jpeg", "png"), help="pixel encoding on the wire (default raw)")
+    p.add_argument("--allow-remote", action="store_true", default=None,
+                   help="allow binding a non-loopback address (frames are not encrypted)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--config", help="TOML file with a [capture] table")
+    args = p.parse_args(argv)
+    overrides = {name: getattr(args, name) for name in
+                 ("pub", "mode", "stream", "fps", "fast", "loop", "encoding", "allow_remote", "max_frames")}
+
+    def work() -> int:
+        config = load(CaptureConfig, "capture", args.config, overrides)
+        with process_scope() as stop:
+            capture(args.source, config, stop)
+        return 0
+
+    return run(work, verbose=args.verbose)

@@ -1,0 +1,264 @@
+"""Frame sources for ``fetalhead capture``: devices, video files, scan folders, synthetic.
+
+A source is iterated for ``(image, t_source)`` pairs: ``image`` is uint8
+(H, W) or (H, W, 3) BGR as OpenCV gives it, ``t_source`` the frame's time in
+seconds on the source's own clock (frame index / fps for files, folders and
+the synthetic source; None for a device, whose frames are stamped on capture).
+Sources do no pacing and open no sockets: ``stream.capture`` does both.
+
+``open_source`` checks its input before anything is sent, and every bad
+input is a one-line ``SourceError`` naming the source. A file that breaks in
+the middle ends the stream with a warning after its last good frame; a device
+that fails raises ``SourceError`` from the iteration, and ``reopen`` tries it
+again (``Source.retry`` tells the capture loop to do so with backoff).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from models.errors import DataError, FetalheadError
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+SCAN_FOLDER_FPS = 25.0
+SYNTHETIC_FPS = 30.0
+
+
+class SourceError(FetalheadError):
+    """A frame source that cannot be opened or read; the message is one line."""
+
+
+class Source:
+    """Base of all sources: iterate for (uint8 image, t_source); close when done.
+
+    ``name`` is the default stream id, ``fps`` the nominal frame rate (None
+    when unknown), ``retry`` whether a read failure is worth retrying.
+    """
+
+    name: str = "source"
+    fps: float | None = None
+    retry: bool = False
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        raise NotImplementedError
+
+    def reopen(self) -> None:
+        """Open the source again after a failure; raises SourceError when it still fails."""
+        raise SourceError(f"{self.name}: cannot be reopened")
+
+    def close(self) -> None:
+        """Release the device or file; safe to call twice."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Quiet:
+    """Silence OpenCV's own warnings while probing, so an error stays one line."""
+
+    def __enter__(self) -> None:
+        self._level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        cv2.utils.logging.setLogLevel(self._level)
+
+
+class DeviceSource(Source):
+    """A camera or frame grabber by OpenCV index (``/dev/videoN`` on Linux)."""
+
+    retry = True
+
+    def __init__(self, index: int, *, fps: float | None = None) -> None:
+        self.index = index
+        self.name = f"device{index}"
+        self._requested_fps = fps
+        self._capture: cv2.VideoCapture | None = None
+        self._open()
+
+    def _open(self) -> None:
+        with _Quiet():
+            capture = cv2.VideoCapture(self.index)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"video device {self.index}: cannot be opened (no such device, or it is busy)")
+        # A one-frame driver buffer: a slow consumer then gets the newest frame,
+        # not one that waited in the driver's queue.
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if self._requested_fps:
+            capture.set(cv2.CAP_PROP_FPS, self._requested_fps)
+        own = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = float(own) if own and math.isfinite(own) and own > 0 else self._requested_fps
+        self._capture = capture
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        if self._capture is None:
+            raise SourceError(f"video device {self.index}: closed")
+        while True:
+            ok, frame = self._capture.read()
+            if not ok or frame is None:
+                raise SourceError(f"video device {self.index}: stopped delivering frames")
+            yield frame, None
+
+    def reopen(self) -> None:
+        self.close()
+        self._open()
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class VideoFileSource(Source):
+    """A video file, once or looped; ``t_source`` = frame index in the file / fps.
+
+    ``fps`` overrides the file's own frame rate (which is used when it has one,
+    else 25).
+    """
+
+    def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False) -> None:
+        self.path = Path(path)
+        self.name = self.path.stem
+        self.loop = loop
+        capture = self._open()
+        try:
+            own = capture.get(cv2.CAP_PROP_FPS)
+            self.frame_count = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+            ok, _ = capture.read()
+        finally:
+            capture.release()
+        if not ok:
+            raise SourceError(f"video file {self.path}: not a video (no frame could be read)")
+        if fps:
+            self.fps = float(fps)
+        elif own and math.isfinite(own) and own > 0:
+            self.fps = float(own)
+        else:
+            logger.warning("video file %s: no frame rate in the file, using %g fps", self.path, SCAN_FOLDER_FPS)
+            self.fps = SCAN_FOLDER_FPS
+
+    def _open(self) -> cv2.VideoCapture:
+        if not self.path.exists():
+            raise SourceError(f"video file {self.path}: not found")
+        if self.path.is_dir():
+            raise SourceError(f"video file {self.path}: is a folder but not a scan folder")
+        with _Quiet():
+            capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"video file {self.path}: not a video (OpenCV cannot open it)")
+        return capture
+
+    def _play_once(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        capture = self._open()
+        index = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                yield frame, index / self.fps
+                index += 1
+        finally:
+            capture.release()
+        if index < self.frame_count:
+            logger.warning("video file %s: ended after %d of %d frames (damaged or truncated)",
+                           self.path, index, self.frame_count)
+        if index == 0:
+            # A file that became unreadable after opening would otherwise loop forever.
+            raise SourceError(f"video file {self.path}: no frame could be read")
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        yield from self._play_once()
+        while self.loop:
+            yield from self._play_once()
+
+
+class ScanFolderSource(Source):
+    """A scan folder in the training data format (see ``train.data``), at ``fps`` (default 25)."""
+
+    def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False) -> None:
+        from train.data import load_scan
+
+        self.path = Path(path)
+        scan, problems = load_scan(self.path)
+        if scan is None:
+            fatal = [p for p in problems if p.fatal]
+            more = f" (and {len(fatal) - 1} more problems)" if len(fatal) > 1 else ""
+            raise SourceError(f"scan folder {self.path}: {fatal[0].message if fatal else 'cannot be read'}{more}")
+        if len(scan) == 0:
+            raise SourceError(f"scan folder {self.path}: no frames")
+        self.scan = scan
+        self.name = scan.name
+        self.fps = float(fps) if fps else SCAN_FOLDER_FPS
+        self.loop = loop
+
+    def _play_once(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        index = 0
+        try:
+            for frame in self.scan.iter_frames():
+                yield frame, index / self.fps
+                index += 1
+        except DataError as exc:
+            logger.warning("scan folder %s: ended after %d of %d frames (%s)", self.path, index, len(self.scan), exc)
+            if index == 0:
+                raise SourceError(f"scan folder {self.path}: no frame could be read ({exc})") from None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        yield from self._play_once()
+        while self.loop:
+            yield from self._play_once()
+
+
+class SyntheticSource(Source):
+    """Endless synthetic ultrasound sweeps (``train.synth``), uint8 (height, width)."""
+
+    def __init__(self, *, fps: float | None = None, seed: int = 0, height: int = 256, width: int = 320) -> None:
+        from train.synth import synthetic_frames
+
+        self.name = SYNTHETIC
+        self.fps = float(fps) if fps else SYNTHETIC_FPS
+        self._frames = synthetic_frames(seed, height, width)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        index = 0
+        for frame, _label in self._frames:
+            yield frame, index / self.fps
+            index += 1
+
+
+def open_source(spec: str, *, fps: float | None = None, loop: bool = False, seed: int = 0,
+                size: tuple[int, int] = (256, 320)) -> Source:
+    """The source that ``spec`` names, opened and checked.
+
+    spec: a device index (``"0"``), a video file, a scan folder or ``"synthetic"``.
+    fps: the nominal frame rate, overriding the file's own (for a device, a
+    request to the driver). loop: replay a file or folder endlessly.
+    seed, size (height, width): the synthetic source's frames.
+    Raises SourceError (one line) when the source cannot be used.
+    """
+    if fps is not None and not fps > 0:
+        raise SourceError(f"source {spec}: fps must be > 0, got {fps}")
+    text = str(spec).strip()
+    if text.isdigit():
+        return DeviceSource(int(text), fps=fps)
+    if text == SYNTHETIC:
+        return SyntheticSource(fps=fps, seed=seed, height=size[0], width=size[1])
+    path = Path(text)
+    if path.is_dir():
+        return ScanFolderSource(path, fps=fps, loop=loop)
+    if not path.exists():
+        raise SourceError(f"source {text}: not found (expected a device index, a video file, "
+                          f"a scan folder or '{SYNTHETIC}')")
+    return VideoFileSource(path, fps=fps, loop=loop)

@@ -1,0 +1,484 @@
+"""``fetalhead worker``: score every frame of the subscribed streams with a model bundle.
+
+``Scorer`` is the pure core that tests drive without sockets: frames in,
+Score messages out. Each frame goes through the one shared preprocessing and
+the backbone once, batched across all frames given together; its features
+join its stream's ``RollingWindow`` and the temporal head scores the window
+ending at it. The score is the head's last position, so a stream's scores
+equal ``Runtime.scan_scores`` of the same frames offline.
+
+``serve`` is the socket shell around it. Live mode (SUB) keeps only the
+newest frame of each stream from whatever is waiting, so latency stays
+bounded however fast the source is; lossless mode (PULL) scores every frame
+once, in order, batching whatever backlog is waiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import numpy as np
+import zmq
+
+from models.config import check, load
+from models.scoring import RollingWindow
+from stream import net, protocol
+from stream.capture import process_scope
+from tools.cli import parser as make_parser, run
+
+if TYPE_CHECKING:
+    from models.bundle import Bundle
+    from models.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+WORKER_ID = protocol.process_id("worker")
+# Only the worker's own scores socket waits on close: the last scores and the
+# end of stream must leave before a worker that exits after them.
+_SCORES_LINGER_MS = 500
+# Bounds one live drain, so a flood cannot starve heartbeats and stop checks.
+_MAX_DRAIN = 10_000
+_POLL_S = 0.05
+
+# ProtocolError text -> rejection class, first match wins; anything else is "bad_message".
+_REJECTION_CLASSES = (
+    ("oversized", "oversized"),
+    ("missing topic separator", "no_topic"),
+    ("not msgpack", "not_msgpack"),
+    ("protocol version", "version"),
+    ("frame.pixels has", "bad_pixels"),
+    ("empty frame", "bad_pixels"),
+    ("pixels are not a", "bad_pixels"),
+    ("does not decode", "bad_pixels"),
+    ("decodes to", "bad_pixels"),
+    ("shape says", "bad_pixels"),
+    ("on the frames socket", "unexpected_type"),
+)
+
+
+def rejection_class(exc: Exception) -> str:
+    """The short class of a rejected message, as counted in ``rejected.<class>``.
+
+    ProtocolErrors are classed by what they say; a ValueError from
+    preprocessing (a frame the model cannot take) is ``bad_image``.
+    """
+    if not isinstance(exc, protocol.ProtocolError):
+        return "bad_image"
+    text = str(exc)
+    for needle, key in _REJECTION_CLASSES:
+        if needle in text:
+            return key
+    return "bad_message"
+
+
+class _Throttled:
+    """At most one warning per class every ``interval_s``, counting the ones held back."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def warning(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval_s) < self.interval_s:
+            self._held[key] += 1
+            return
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        logger.warning("%s%s", message, f" (and {held} more {key} since the last warning)" if held else "")
+
+
+@dataclasses.dataclass
+class _StreamState:
+    window: RollingWindow
+    last_seq: int | None = None
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+
+
+class Scorer:
+    """Per-stream rolling windows over one Runtime, with the worker's counters.
+
+    runtime: a ``models.runtime.Runtime``; threshold in [0, 1] gives each
+    score's decision; model_id names the model in every Score.
+    """
+
+    def __init__(self, runtime: Runtime, threshold: float, model_id: str, *, latency_samples: int = 4096) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.runtime = runtime
+        self.threshold = float(threshold)
+        self.model_id = model_id
+        self.window = runtime.config.window
+        self.streams: dict[str, _StreamState] = {}
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
+        self.frames_in = 0
+        self.frames_out = 0
+        self.dropped = 0
+        self._warn = _Throttled()
+
+    def _stream(self, stream: str) -> _StreamState:
+        state = self.streams.get(stream)
+        if state is None:
+            state = self.streams[stream] = _StreamState(RollingWindow(self.window, self.runtime.feature_dim))
+        return state
+
+    def reject(self, exc: Exception, what: str = "message") -> str:
+        """Count a rejected input and warn (rate-limited); returns its class."""
+        key = rejection_class(exc)
+        self.rejected[key] += 1
+        self._warn.warning(key, f"rejected {what} ({key}): {exc}")
+        return key
+
+    def drop(self, stream: str, count: int = 1) -> None:
+        """Count ``count`` frames of ``stream`` that the caller skipped unscored."""
+        state = self._stream(stream)
+        state.frames_in += count
+        state.dropped += count
+        self.frames_in += count
+        self.dropped += count
+
+    def end(self, stream: str) -> None:
+        """Forget ``stream`` (its end of stream arrived): window and per-stream counters."""
+        self.streams.pop(stream, None)
+
+    def score(self, frames: Sequence[protocol.Frame], t_received: float | Sequence[float]) -> list[protocol.Score]:
+        """Scores of ``frames``, in their order; rejected frames are counted and left out.
+
+        t_received: unix seconds when the frames arrived, one for all or one
+        per frame. Frames of one stream must come in the order they are to
+        be scored; a seq at or below the stream's previous one (the capture
+        restarted) starts the stream's window afresh.
+        """
+        received = [float(t_received)] * len(frames) if np.isscalar(t_received) else list(t_received)
+        if len(received) != len(frames):
+            raise ValueError(f"t_received has {len(received)} times for {len(frames)} frames")
+        accepted: list[tuple[protocol.Frame, float]] = []
+        images = []
+        for frame, t in zip(frames, received):
+            state = self._stream(frame.stream)
+            state.frames_in += 1
+            self.frames_in += 1
+            try:
+                images.append(self.runtime.preprocess(frame.image()))
+            except ValueError as exc:  # ProtocolError is a ValueError too
+                self.reject(exc, f"frame {frame.stream}#{frame.seq}")
+                continue
+            accepted.append((frame, t))
+        if not accepted:
+            return []
+        features = self.runtime.features(np.stack(images))
+
+        windows: list[np.ndarray] = []
+        flags: list[tuple[str, ...]] = []
+        for (frame, _), row in zip(accepted, features):
+            state = self.streams[frame.stream]
+            if state.last_seq is not None and frame.seq <= state.last_seq:
+                logger.info("stream %s: seq went back from %d to %d, restarting its window",
+                            frame.stream, state.last_seq, frame.seq)
+                state.window.reset()
+            state.window.push(row, frame.seq)
+            state.last_seq = frame.seq
+            # A copy: the next push of the same stream in this batch shifts the buffer.
+            windows.append(state.window.view().copy())
+            flags.append(tuple(name for name, on in ((protocol.FLAG_WARMUP, state.window.warming_up),
+                                                     (protocol.FLAG_GAP, state.window.has_gap)) if on))
+
+        # One head call per window length: a (B, T, F) batch needs equal T.
+        scores = np.empty(len(windows), np.float32)
+        by_length: dict[int, list[int]] = collections.defaultdict(list)
+        for i, w in enumerate(windows):
+            by_length[len(w)].append(i)
+        for indexes in by_length.values():
+            batch = np.stack([windows[i] for i in indexes])
+            scores[indexes] = self.runtime.score_windows(batch)[:, -1]
+
+        t_scored = time.time()
+        out = []
+        for (frame, t), value, window, frame_flags in zip(accepted, scores, windows, flags):
+            state = self.streams[frame.stream]
+            state.frames_out += 1
+            value = float(np.clip(value, 0.0, 1.0))
+            latency = t_scored - frame.t_capture
+            self.latencies.append(latency)
+            out.append(protocol.Score(
+                stream=frame.stream, seq=frame.seq, score=value, decision=value >= self.threshold,
+                threshold=self.threshold, model=self.model_id, t_capture=frame.t_capture, t_received=t,
+                t_scored=t_scored, latency=latency, flags=frame_flags, window=len(window),
+                dropped=state.dropped))
+        self.frames_out += len(out)
+        return out
+
+    def stats(self) -> dict[str, int | float]:
+        """Counters for a heartbeat: totals, per stream and per rejection class; latency in seconds."""
+        stats: dict[str, int | float] = {"frames_in": self.frames_in, "frames_out": self.frames_out,
+                                         "dropped": self.dropped, "streams": len(self.streams)}
+        for name, state in self.streams.items():
+            stats[f"frames_out.{name}"] = state.frames_out
+            stats[f"dropped.{name}"] = state.dropped
+        for key, count in self.rejected.items():
+            stats[f"rejected.{key}"] = count
+        if self.latencies:
+            p50, p99 = np.percentile(np.fromiter(self.latencies, float), [50, 99])
+            stats["latency_p50"], stats["latency_p99"] = float(p50), float(p99)
+        return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of ``fetalhead worker`` (a ``[worker]`` TOML table).
+
+    ``sub`` lists the frame addresses to connect to (several captures in
+    live mode). ``exit_after_eos`` 0 runs until stopped. ``silence_s``: with
+    no message at all for this long, reconnect the frame socket (ZeroMQ does
+    not reconnect by itself after refusing an oversized message).
+    """
+
+    sub: tuple[str, ...] = (net.DEFAULT_PUB,)
+    pub: str = net.DEFAULT_SCORES
+    mode: Literal["live", "lossless"] = "live"
+    max_batch: int = 16
+    heartbeat_s: float = protocol.HEARTBEAT_INTERVAL_S
+    max_message_size: int = protocol.DEFAULT_MAX_SIZE
+    forward_frames: bool = False
+    allow_remote: bool = False
+    exit_after_eos: int = 0
+    silence_s: float = protocol.HEARTBEAT_INTERVAL_S * protocol.HEARTBEAT_MISSES_DEAD
+
+    def __post_init__(self) -> None:
+        check(len(self.sub) >= 1, "sub: needs at least one address")
+        check(self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}")
+        check(self.heartbeat_s > 0, f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
+        check(self.max_message_size >= 1024, f"max_message_size: must be >= 1024 bytes, got {self.max_message_size}")
+        check(self.exit_after_eos >= 0, f"exit_after_eos: must be >= 0, got {self.exit_after_eos}")
+        check(self.silence_s > 0, f"silence_s: must be > 0, got {self.silence_s}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStats:
+    """What one ``serve`` run did."""
+
+    frames_in: int
+    frames_out: int
+    dropped: int
+    rejected: dict[str, int]
+    ends: int
+    elapsed_s: float
+
+
+@dataclasses.dataclass
+class _Pending:
+    frame: protocol.Frame
+    raw: zmq.Frame
+    t_received: float
+
+
+class _Loop:
+    """One worker's receive -> score -> publish loop over open sockets."""
+
+    def __init__(self, scorer: Scorer, config: WorkerConfig, inp: zmq.Socket, out: zmq.Socket,
+                 stop: threading.Event, max_frames: int | None) -> None:
+        self.scorer = scorer
+        self.config = config
+        self.inp = inp
+        self.out = out
+        self.stop = stop
+        self.max_frames = max_frames
+        self.live = config.mode == "live"
+        self.ends = 0
+        self.backlog = 0
+        self._started = time.monotonic()
+        self._beat_at = self._started
+        self._beat_counts = (0, 0)
+        self._heard_at = self._started
+
+    def done(self) -> bool:
+        return (self.stop.is_set()
+                or 0 < self.config.exit_after_eos <= self.ends
+                or (self.max_frames is not None and self.scorer.frames_out >= self.max_frames))
+
+    def run(self) -> None:
+        self.heartbeat()
+        while not self.done():
+            wait = max(0.0, min(_POLL_S, self._beat_at + self.config.heartbeat_s - time.monotonic()))
+            if self.inp.poll(int(wait * 1000), zmq.POLLIN):
+                self._heard_at = time.monotonic()
+                self.handle(self.drain())
+            elif time.monotonic() - self._heard_at >= self.config.silence_s:
+                self.reconnect()
+            if time.monotonic() - self._beat_at >= self.config.heartbeat_s:
+                self.heartbeat()
+
+    def drain(self) -> list[tuple[zmq.Frame, float]]:
+        """(message, unix time received): everything ready now (live), or up to max_batch messages (lossless)."""
+        limit = _MAX_DRAIN if self.live else self.config.max_batch
+        messages = []
+        while len(messages) < limit:
+            try:
+                messages.append((self.inp.recv(zmq.NOBLOCK, copy=False), time.time()))
+            except zmq.Again:
+                break
+        self.backlog = len(messages) - 1
+        return messages
+
+    def handle(self, messages: list[tuple[zmq.Frame, float]]) -> None:
+        """Decode in arrival order; frames wait in ``pending`` until a flush scores them together."""
+        pending: dict[object, _Pending] = {}
+        for raw, t_received in messages:
+            try:
+                msg = protocol.decode(raw.buffer, max_size=self.config.max_message_size)
+            except protocol.ProtocolError as exc:
+                self.scorer.reject(exc)
+                continue
+            if isinstance(msg, protocol.Frame):
+                # Live keeps the newest frame of each stream; lossless keeps all.
+                key = msg.stream if self.live else len(pending)
+                if key in pending:
+                    self.scorer.drop(msg.stream)
+                    del pending[key]
+                pending[key] = _Pending(msg, raw, t_received)
+            elif isinstance(msg, protocol.EndOfStream):
+                self.flush(list(pending.values()))
+                pending.clear()
+                self.out.send(raw, copy=False)
+                self.scorer.end(msg.stream)
+                self.ends += 1
+                logger.info("stream %s ended (%s) after seq %s", msg.stream, msg.reason, msg.last_seq)
+            elif isinstance(msg, (protocol.Heartbeat, protocol.Status)):
+                # Upstream health and events reach viewers through the one scores socket.
+                self.out.send(raw, copy=False)
+            else:
+                self.scorer.reject(protocol.ProtocolError(f"unexpected {msg.TYPE} on the frames socket"))
+        self.flush(list(pending.values()))
+
+    def flush(self, pending: list[_Pending]) -> None:
+        """Score ``pending`` in one batch and publish (frame, if forwarded, then) score, in order."""
+        if not pending:
+            return
+        scores = self.scorer.score([p.frame for p in pending], [p.t_received for p in pending])
+        # Scores come in input order with rejected frames left out, so walk both lists.
+        it = iter(scores)
+        score = next(it, None)
+        for item in pending:
+            if score is None or (score.stream, score.seq) != (item.frame.stream, item.frame.seq):
+                continue
+            if self.config.forward_frames:
+                self.out.send(item.raw, copy=False)
+            self.out.send(protocol.encode(score))
+            score = next(it, None)
+
+    def reconnect(self) -> None:
+        logger.debug("no message for %.1f s: reconnecting to %s", self.config.silence_s, ", ".join(self.config.sub))
+        for addr in self.config.sub:
+            try:
+                self.inp.disconnect(addr)
+            except zmq.ZMQError:
+                # Not connected (any more); connecting again below is all that is needed.
+                pass
+            self.inp.connect(addr)
+        self._heard_at = time.monotonic()
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._beat_at, 1e-9)
+        frames_in, frames_out = self.scorer.frames_in, self.scorer.frames_out
+        stats = self.scorer.stats()
+        stats.update({"fps_in": (frames_in - self._beat_counts[0]) / elapsed,
+                      "fps_out": (frames_out - self._beat_counts[1]) / elapsed,
+                      "backlog": self.backlog, "ends": self.ends, "uptime_s": now - self._started})
+        self._beat_at, self._beat_counts = now, (frames_in, frames_out)
+        beat = protocol.Heartbeat(WORKER_ID, "worker", os.getpid(), time.time(), stats)
+        self.out.send(protocol.encode(beat))
+
+
+def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
+          stop_event: threading.Event | None = None, max_frames: int | None = None) -> WorkerStats:
+    """Score frames from ``config.sub`` and publish scores on ``config.pub`` until stopped.
+
+    bundle: a bundle path or a loaded Bundle; the model is rebuilt from the
+    bundle's own config. Stops when ``stop_event`` is set, after
+    ``max_frames`` scores, or after ``config.exit_after_eos`` ends of stream.
+    """
+    from models.bundle import Bundle, load as load_bundle
+
+    net.check_bind_address(config.pub, allow_remote=config.allow_remote)
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    runtime = bundle.runtime()
+    # Trace every compiled path now, not on the first frames of a stream.
+    runtime.warm_up()
+    scorer = Scorer(runtime, bundle.threshold, bundle.model_id)
+    stop = stop_event if stop_event is not None else threading.Event()
+    kind = zmq.SUB if config.mode == "live" else zmq.PULL
+    # Lossless needs room for a full batch to form in the queue; live wants a short queue of fresh frames.
+    hwm = net.DEFAULT_HWM if config.mode == "live" else max(net.DEFAULT_HWM, 2 * config.max_batch)
+    started = time.monotonic()
+    with net.socket(kind, connect=config.sub[0], hwm=hwm, max_size=config.max_message_size) as inp, \
+            net.socket(zmq.PUB, bind=config.pub, hwm=4 * hwm, linger=_SCORES_LINGER_MS,
+                       allow_remote=config.allow_remote) as out:
+        for addr in config.sub[1:]:
+            inp.connect(addr)
+        logger.info("worker %s (%s, threshold %.3f): %s from %s, scores on %s", bundle.model_id,
+                    bundle.config.backbone, bundle.threshold, config.mode, ", ".join(config.sub), config.pub)
+        loop = _Loop(scorer, config, inp, out, stop, max_frames)
+        try:
+            loop.run()
+        except KeyboardInterrupt:
+            logger.info("worker interrupted")
+        loop.heartbeat()
+    logger.info("worker: %d frames in, %d scored, %d dropped, %d rejected", scorer.frames_in,
+                scorer.frames_out, scorer.dropped, sum(scorer.rejected.values()))
+    return WorkerStats(scorer.frames_in, scorer.frames_out, scorer.dropped, dict(scorer.rejected), loop.ends,
+                       time.monotonic() - started)
+
+
+def _addresses(values: list[str] | None) -> list[str] | None:
+    """--sub given several times and/or comma-separated -> one list."""
+    if not values:
+        return None
+    return [a.strip() for value in values for a in value.split(",") if a.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = make_parser("worker", "Score every frame of the subscribed streams with a model bundle.")
+    p.add_argument("--model", required=True, help="model bundle file (the model is rebuilt from its own config)")
+    p.add_argument("--sub", action="append",
+                   help=f"frame address to connect to; repeat or comma-separate for several (default {net.DEFAULT_PUB})")
+    p.add_argument("--pub", help=f"scores address to bind (default {net.DEFAULT_SCORES})")
+    p.add_argument("--mode", choices=("live", "lossless"),
+                   help="live: SUB, newest frame per stream; lossless: PULL, every frame in order")
+    p.add_argument("--batch", type=int, dest="max_batch", help="most frames scored in one batch (default 16)")
+    p.add_argument("--max-message-size", type=int, help="bytes; larger messages are refused (default 64 MiB)")
+    p.add_argument("--heartbeat", type=float, dest="heartbeat_s", help="seconds between heartbeats (default 1)")
+    p.add_argument("--forward-frames", action="store_true", default=None,
+                   help="also publish each frame on the scores socket, before its score")
+    p.add_argument("--allow-remote", action="store_true", default=None,
+                   help="allow binding a non-loopback scores address (not encrypted)")
+    p.add_argument("--exit-after-eos", type=int, help="exit after this many ends of stream")
+    p.add_argument("--max-frames", type=int, help="exit after scoring this many frames")
+    p.add_argument("--config", help="TOML file with a [worker] table")
+    args = p.parse_args(argv)
+    if args.max_frames is not None and args.max_frames < 1:
+        p.error(f"argument --max-frames: must be >= 1, got {args.max_frames}")
+    overrides = {"sub": _addresses(args.sub), "pub": args.pub, "mode": args.mode, "max_batch": args.max_batch,
+                 "max_message_size": args.max_message_size, "heartbeat_s": args.heartbeat_s,
+                 "forward_frames": args.forward_frames, "allow_remote": args.allow_remote,
+                 "exit_after_eos": args.exit_after_eos}
+
+    def work() -> int:
+        config = load(WorkerConfig, "worker", args.config, overrides)
+        with process_scope() as stop:
+            serve(args.model, config, stop, args.max_frames)
+        return 0
+
+    return run(work, verbose=args.verbose)

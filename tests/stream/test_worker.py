@@ -1,0 +1,318 @@
+import dataclasses
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from models.bundle import Bundle
+from models.runtime import Runtime
+from stream import protocol
+from stream.capture import CaptureConfig, capture
+from stream.worker import Scorer, WorkerConfig, _addresses, main, rejection_class, serve
+from tests.stream.conftest import make_frames, read_video, recv_until
+
+TOL = 1e-5
+
+
+def frames_of(stream, images, seqs=None, t_capture=None):
+    seqs = range(len(images)) if seqs is None else seqs
+    return [protocol.frame_message(stream, seq, image, t_capture=t_capture) for seq, image in zip(seqs, images)]
+
+
+def offline_scores(runtime, images):
+    return runtime.scan_scores(runtime.frame_features(images))
+
+
+@pytest.fixture
+def scorer(tiny_runtime, tiny_bundle):
+    return Scorer(tiny_runtime, tiny_bundle.threshold, tiny_bundle.model_id)
+
+
+# --- Scorer, without sockets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batches", [[1] * 20, [3, 7, 1, 9], [20]])
+def test_scores_equal_offline_scan_scores_however_frames_are_batched(scorer, tiny_runtime, batches):
+    images = make_frames(20, seed=3)
+    expected = offline_scores(tiny_runtime, images)
+    frames = frames_of("probe", images)
+    scores, start = [], 0
+    for size in batches:
+        scores += scorer.score(frames[start:start + size], time.time())
+        start += size
+    assert [s.seq for s in scores] == list(range(20))
+    np.testing.assert_allclose([s.score for s in scores], expected, atol=TOL)
+    window = tiny_runtime.config.window
+    assert [s.window for s in scores] == [min(i + 1, window) for i in range(20)]
+    assert all(("warmup" in s.flags) == (s.seq < window - 1) for s in scores)
+    assert not any("gap" in s.flags for s in scores)
+    assert all(s.decision == (s.score >= scorer.threshold) for s in scores)
+    assert all(s.model == scorer.model_id and s.dropped == 0 for s in scores)
+    assert scorer.frames_in == scorer.frames_out == 20
+
+
+def test_interleaved_streams_keep_separate_windows(scorer, tiny_runtime):
+    a, b = make_frames(12, seed=1), make_frames(12, seed=2)
+    fa, fb = frames_of("a", a), frames_of("b", b)
+    interleaved = [f for pair in zip(fa, fb) for f in pair]
+    scores = scorer.score(interleaved[:5], time.time()) + scorer.score(interleaved[5:], time.time())
+    for name, images in (("a", a), ("b", b)):
+        mine = [s for s in scores if s.stream == name]
+        assert [s.seq for s in mine] == list(range(12))
+        np.testing.assert_allclose([s.score for s in mine], offline_scores(tiny_runtime, images), atol=TOL)
+    assert set(scorer.streams) == {"a", "b"}
+
+
+def test_gap_flag_marks_windows_with_missing_seqs(scorer, tiny_runtime):
+    window = tiny_runtime.config.window
+    seqs = [0, 1, 2, 4, 5] + list(range(6, 6 + window))
+    scores = scorer.score(frames_of("g", make_frames(len(seqs)), seqs), time.time())
+    gap = {s.seq: "gap" in s.flags for s in scores}
+    assert not gap[0] and not gap[2]
+    assert gap[4] and gap[5]
+    # Once the hole has left the window the flag goes away.
+    assert not gap[seqs[-1]]
+
+
+def test_seq_going_backwards_restarts_the_window(scorer, tiny_runtime):
+    images = make_frames(12, seed=5)
+    first = scorer.score(frames_of("r", images), time.time())
+    again = scorer.score(frames_of("r", images[:4]), time.time())
+    assert [s.seq for s in again] == [0, 1, 2, 3]
+    assert all("warmup" in s.flags for s in again)
+    np.testing.assert_allclose([s.score for s in again], [s.score for s in first[:4]], atol=TOL)
+
+
+def test_bad_frames_are_counted_and_the_rest_scored(scorer):
+    good = frames_of("x", make_frames(2))
+    bad_jpeg = protocol.Frame("x", 5, time.time(), None, (64, 80), "uint8", "jpeg", None, b"not a jpeg")
+    bgra = protocol.frame_message("x", 6, np.zeros((64, 80, 4), np.uint8))
+    scores = scorer.score([good[0], bad_jpeg, bgra, good[1]], time.time())
+    assert [s.seq for s in scores] == [0, 1]
+    assert scorer.rejected == {"bad_pixels": 1, "bad_image": 1}
+    stats = scorer.stats()
+    assert stats["rejected.bad_pixels"] == 1 and stats["rejected.bad_image"] == 1
+    assert stats["frames_in"] == 4 and stats["frames_out"] == 2
+    assert 0 <= stats["latency_p50"] <= stats["latency_p99"]
+
+
+def test_dropped_frames_are_reported_per_stream(scorer):
+    scorer.drop("d", 3)
+    (score,) = scorer.score(frames_of("d", make_frames(1), seqs=[4]), time.time())
+    assert score.dropped == 3
+    assert scorer.stats()["dropped.d"] == 3 and scorer.stats()["dropped"] == 3
+    scorer.end("d")
+    assert "d" not in scorer.streams
+
+
+@pytest.mark.parametrize("data, key", [
+    (b"no separator at all", "no_topic"),
+    (b"cam\x00\xc1\xc1", "not_msgpack"),
+    (b"cam\x00" + msgpack.packb({"v": 99, "type": "frame", "stream": "cam"}), "version"),
+    (b"cam\x00" + msgpack.packb({"v": 1, "type": "frame", "stream": "cam"}), "bad_message"),
+    (b"cam\x00" + b"\x00" * 5000, "oversized"),
+])
+def test_rejection_classes(data, key):
+    with pytest.raises(protocol.ProtocolError) as info:
+        protocol.decode(data, max_size=1000)
+    assert rejection_class(info.value) == key
+
+
+# --- the worker over real sockets ----------------------------------------------------------
+
+
+def raw_frame_with_wrong_length(stream, seq):
+    body = {"v": 1, "type": "frame", "stream": stream, "seq": seq, "t_capture": time.time(), "t_source": None,
+            "shape": [64, 80, 3], "dtype": "uint8", "encoding": "raw", "spacing": None, "pixels": b"\x00" * 100}
+    return protocol.topic(stream) + msgpack.packb(body, use_bin_type=True)
+
+
+def start_worker(background, bundle, config, **kwargs):
+    return background(lambda stop: serve(bundle, config, stop, **kwargs))
+
+
+def wait_for_heartbeat(sub, **kwargs):
+    return recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat) and m.stream == "_worker", **kwargs)[-1]
+
+
+def send(sock, data, timeout_s=10.0):
+    assert sock.poll(int(timeout_s * 1000), zmq.POLLOUT), "worker never took the message"
+    sock.send(data)
+
+
+def test_bad_messages_are_rejected_and_good_frames_still_scored(background, sockets, address, tiny_bundle):
+    frames_addr, scores_addr = address(), address()
+    push = sockets(zmq.PUSH, bind=frames_addr)
+    config = WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode="lossless", heartbeat_s=0.1, exit_after_eos=1)
+    worker = start_worker(background, tiny_bundle, config)
+    sub = sockets(zmq.SUB, connect=scores_addr)
+    wait_for_heartbeat(sub)
+
+    send(push, b"definitely not a protocol message")
+    send(push, b"cam\x00\xc1 not msgpack")
+    send(push, raw_frame_with_wrong_length("cam", 0))
+    for frame in frames_of("cam", make_frames(5)):
+        send(push, protocol.encode(frame))
+    send(push, protocol.encode(protocol.EndOfStream("cam", 4, "eof", time.time())))
+
+    messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))
+    assert [m.seq for m in messages if isinstance(m, protocol.Score)] == [0, 1, 2, 3, 4]
+    beat = wait_for_heartbeat(sub)
+    assert beat.stats["rejected.no_topic"] == 1
+    assert beat.stats["rejected.not_msgpack"] == 1
+    assert beat.stats["rejected.bad_pixels"] == 1
+    stats = worker.join()
+    assert stats.frames_out == 5 and stats.ends == 1
+    assert stats.rejected == {"no_topic": 1, "not_msgpack": 1, "bad_pixels": 1}
+
+
+def test_worker_reconnects_after_zeromq_refuses_an_oversized_message(background, sockets, address, tiny_bundle):
+    frames_addr, scores_addr = address(), address()
+    push = sockets(zmq.PUSH, bind=frames_addr)
+    config = WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode="lossless", heartbeat_s=0.1,
+                          max_message_size=64 * 1024, silence_s=0.3, exit_after_eos=1)
+    start_worker(background, tiny_bundle, config)
+    sub = sockets(zmq.SUB, connect=scores_addr)
+    wait_for_heartbeat(sub)
+    send(push, protocol.encode(protocol.frame_message("big", 0, np.zeros((300, 300, 3), np.uint8))))
+    # ZeroMQ closes the worker's connection on the oversized message; what is
+    # sent after that waits for the worker to connect again.
+    time.sleep(0.3)
+    for frame in frames_of("cam", make_frames(3)):
+        send(push, protocol.encode(frame))
+    send(push, protocol.encode(protocol.EndOfStream("cam", 2, "eof", time.time())))
+    messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))
+    assert [m.seq for m in messages if isinstance(m, protocol.Score)] == [0, 1, 2]
+
+
+def with_runtime(bundle, runtime_class):
+    """``bundle`` whose ``runtime()`` builds a ``runtime_class`` (a Runtime subclass)."""
+
+    class Wrapped(Bundle):
+        def runtime(self):
+            return runtime_class(self.config, self.extractor, self.head)
+
+    return Wrapped(**{f.name: getattr(bundle, f.name) for f in dataclasses.fields(bundle)})
+
+
+def test_lossless_replay_scores_every_frame_once_in_order(background, sockets, address, video, tiny_bundle,
+                                                          tiny_runtime):
+    batch_sizes = []
+
+    class CountingRuntime(Runtime):
+        def features(self, images):
+            batch_sizes.append(len(images))
+            return super().features(images)
+
+    path = video(200, fps=25.0, height=64, width=80)
+    frames_addr, scores_addr = address(), address()
+    config = WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode="lossless", heartbeat_s=0.2,
+                          forward_frames=True, exit_after_eos=1)
+    worker = start_worker(background, with_runtime(tiny_bundle, CountingRuntime), config)
+    sub = sockets(zmq.SUB, connect=scores_addr)
+    wait_for_heartbeat(sub)
+    source = background(lambda stop: capture(str(path), CaptureConfig(pub=frames_addr, mode="lossless",
+                                                                      fast=True, stream="replay"), stop))
+
+    messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream), timeout_s=60)
+    data = [m for m in messages if isinstance(m, (protocol.Frame, protocol.Score))]
+    scores = [m for m in data if isinstance(m, protocol.Score)]
+    assert [s.seq for s in scores] == list(range(200))
+    # Each forwarded frame comes just before its score.
+    assert [(type(m).__name__, m.seq) for m in data] == [(kind, i) for i in range(200) for kind in ("Frame", "Score")]
+    expected = offline_scores(tiny_runtime, read_video(path))
+    np.testing.assert_allclose([s.score for s in scores], expected, atol=TOL)
+    assert messages[-1].last_seq == 199 and messages[-1].reason == "eof"
+    assert source.join().frames_out == 200
+    stats = worker.join()
+    assert stats.frames_out == 200 and stats.dropped == 0
+    # The backlog of a fast source is scored in batches: one backbone call per batch
+    # (the first call is the warm-up).
+    assert sum(batch_sizes[1:]) == 200 and max(batch_sizes) > 1
+
+
+class SlowRuntime(Runtime):
+    """The tiny model, plus a fixed cost per backbone call, as a big backbone would have."""
+
+    def features(self, images):
+        time.sleep(0.04)
+        return super().features(images)
+
+
+def test_live_worker_drops_frames_and_keeps_latency_bounded(background, sockets, address, video, tiny_bundle):
+    path = video(150, fps=150.0)
+    slow = with_runtime(tiny_bundle, SlowRuntime)
+    frames_addr, scores_addr = address(), address()
+    config = WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode="live", heartbeat_s=0.2)
+    worker = start_worker(background, slow, config)
+    sub = sockets(zmq.SUB, connect=scores_addr)
+    wait_for_heartbeat(sub)
+    source = background(lambda stop: capture(str(path), CaptureConfig(pub=frames_addr, stream="fast"), stop))
+    assert source.join().frames_out == 150
+
+    messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))
+    scores = [m for m in messages if isinstance(m, protocol.Score)]
+    beat = wait_for_heartbeat(sub)
+    worker.stop.set()
+    stats = worker.join()
+    # 150 frames at 40 ms each would leave the last one 5 s behind; newest-frame
+    # scoring keeps every score within a few frames' compute of its capture
+    # (the bound leaves room for a loaded test machine).
+    assert stats.dropped > 0 and scores[-1].dropped > 0
+    assert len(scores) < 100
+    assert max(s.latency for s in scores) < 1.0
+    assert beat.stats["dropped"] == stats.dropped and beat.stats["latency_p99"] < 1.0
+    seqs = [s.seq for s in scores]
+    assert seqs == sorted(set(seqs))
+
+
+def test_two_streams_at_once_get_their_own_scores(background, sockets, address, video, tiny_bundle):
+    paths = {"left": video(40, fps=100.0, name="left", seed=1), "right": video(40, fps=100.0, name="right", seed=2)}
+    addrs = {name: address() for name in paths}
+    scores_addr = address()
+    config = WorkerConfig(sub=tuple(addrs.values()), pub=scores_addr, mode="live", heartbeat_s=0.2,
+                          exit_after_eos=2)
+    worker = start_worker(background, tiny_bundle, config)
+    sub = sockets(zmq.SUB, connect=scores_addr)
+    wait_for_heartbeat(sub)
+    for name, path in paths.items():
+        cfg = CaptureConfig(pub=addrs[name], stream=name, loop=True, max_frames=120)
+        background(lambda stop, path=path, cfg=cfg: capture(str(path), cfg, stop))
+
+    ended: set[str] = set()
+
+    def both_ended(m):
+        if isinstance(m, protocol.EndOfStream):
+            ended.add(m.stream)
+        return ended == set(paths)
+
+    messages = recv_until(sub, both_ended)
+    for name in paths:
+        # Live mode: how many frames are scored depends on the machine's load.
+        seqs = [m.seq for m in messages if isinstance(m, protocol.Score) and m.stream == name]
+        assert len(seqs) >= 5 and seqs == sorted(set(seqs))
+        (end,) = [m for m in messages if isinstance(m, protocol.EndOfStream) and m.stream == name]
+        assert end.last_seq == 119 and end.reason == "max_frames"
+    assert worker.join().ends == 2
+
+
+def test_main_rejects_a_missing_bundle_in_one_line(capsys, tmp_path, address):
+    assert main(["--model", str(tmp_path / "none.fhb"), "--pub", address()]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fetalhead: error: model bundle") and "not found" in err and "\n" not in err
+
+
+def test_sub_may_be_repeated_or_comma_separated():
+    assert _addresses(["tcp://127.0.0.1:1, tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]) == [
+        "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]
+    assert _addresses(None) is None
+
+
+def test_a_bad_worker_table_is_a_one_line_error(capsys, tmp_path):
+    config_file = tmp_path / "fh.toml"
+    config_file.write_text('[worker]\nmax_batch = 0\n')
+    assert main(["--model", "m.fhb", "--config", str(config_file)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "max_batch: must be >= 1" in err and "\n" not in err
