@@ -130,15 +130,31 @@ def _fresh_extractor(model_config: ModelConfig, shared: keras.Model, train_confi
     return extractor
 
 
+def distribution_scope():
+    """MirroredStrategy's scope when TensorFlow sees several GPUs, else a no-op."""
+    import contextlib
+
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) < 2:
+        return contextlib.nullcontext()
+    log.info("training on %d GPUs with MirroredStrategy", len(gpus))
+    return tf.distribute.MirroredStrategy().scope()
+
+
 def train_one(folder: Path, model_config: ModelConfig, train_config: TrainConfig, shared_extractor: keras.Model,
               train_data: list[ScanData], val_data: list[ScanData], *, epochs: int, seed: int,
               description: str) -> tuple[Runtime, pd.DataFrame]:
     """Fit a head (and the backbone with --train-backbone) on ``train_data``."""
     keras.utils.set_random_seed(seed)
-    extractor = _fresh_extractor(model_config, shared_extractor, train_config)
-    feature_dim = int(extractor.output_shape[-1])
-    model, head = build_trainable(model_config, train_config, feature_dim,
-                                  extractor if train_config.train_backbone else None)
+    with distribution_scope():
+        extractor = _fresh_extractor(model_config, shared_extractor, train_config)
+        feature_dim = int(extractor.output_shape[-1])
+        model, head = build_trainable(model_config, train_config, feature_dim,
+                                      extractor if train_config.train_backbone else None)
     batches = dict(window=model_config.window, stride=train_config.stride, batch_size=train_config.batch_size)
     train_batches = WindowBatches([d.inputs for d in train_data], [d.labels for d in train_data],
                                   shuffle=True, seed=seed, **batches)

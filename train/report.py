@@ -112,12 +112,15 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 def metrics_table(results: Sequence[dict[str, Any]], oof: pd.DataFrame, threshold: float,
                   holdout: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Rows per fold (at 0.5 and at its own threshold), mean, std and pooled."""
+    """Rows per fold (per frame at 0.5 and at its own threshold; per window at 0.5), mean, std, pooled."""
     rows = []
     for result in results:
         for key in ("at_0.5", "at_threshold"):
             rows.append({"fold": result["fold"], "at": "0.5" if key == "at_0.5" else "fold threshold",
                          **result[key]})
+        if result.get("windows_at_0.5"):
+            # The seed's view: every position of every window, frames counted once per window.
+            rows.append({"fold": result["fold"], "at": "0.5, per window", **result["windows_at_0.5"]})
     table = pd.DataFrame(rows)
     summary = []
     if rows:

@@ -215,3 +215,12 @@ def test_it_learns_on_synthetic_scans(tmp_path):
     pooled = binary_metrics(predictions["label"], predictions["score"])["roc_auc"]
     print(f"mean within-scan ROC-AUC {np.mean(within):.3f}, pooled out-of-fold ROC-AUC {pooled:.3f}")
     assert np.mean(within) > 0.9
+
+
+def test_train_backbone_trains_without_the_cache(dataset, tmp_path):
+    config = quick(tmp_path, train_backbone=True, epochs=1, final=False)
+    summary = train(dataset, tmp_path / "run", MODEL, config)
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert not (tmp_path / "cache").exists()
+    predictions = pd.read_csv(Path(summary["report"]) / "predictions.csv")
+    assert len(predictions) == sum(len(s) for s in load_dataset(dataset))
