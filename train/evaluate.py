@@ -7,12 +7,22 @@ training, with the bundle's own config and threshold.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
+from models.config import load
 from tools.cli import parser as make_parser, run
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of ``fetalhead evaluate`` (an ``[evaluate]`` TOML table)."""
+
+    cache_dir: str = ""
+    progress: bool = True
 
 
 def evaluate(model_path: str | Path, data_root: str | Path, out: str | Path, *, cache_dir: str | None = None,
@@ -52,13 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("data", help="dataset folder: one folder per scan")
     p.add_argument("--out", required=True, help="folder for the report")
     p.add_argument("--cache-dir", help="feature cache folder (default $FETALHEAD_CACHE or ~/.cache/fetalhead)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    p.add_argument("--config", help="TOML file with an [evaluate] table")
     args = p.parse_args(argv)
 
     def work() -> int:
         from rich.console import Console
 
-        result = evaluate(args.model, args.data, args.out, cache_dir=args.cache_dir, progress=args.progress)
+        config = load(EvaluateConfig, "evaluate", args.config,
+                      {"cache_dir": args.cache_dir, "progress": args.progress})
+        result = evaluate(args.model, args.data, args.out, cache_dir=config.cache_dir or None,
+                          progress=config.progress)
         m = result["metrics"]
         Console().print(
             f"{m['frames']} frames, threshold {m['threshold']:.3f}: accuracy {m['accuracy']:.3f}, "

@@ -224,3 +224,14 @@ def test_train_backbone_trains_without_the_cache(dataset, tmp_path):
     assert not (tmp_path / "cache").exists()
     predictions = pd.read_csv(Path(summary["report"]) / "predictions.csv")
     assert len(predictions) == sum(len(s) for s in load_dataset(dataset))
+
+
+def test_evaluate_command(dataset, full_run, tmp_path, capsys):
+    from train.evaluate import main
+
+    tmp, _, summary = full_run
+    assert main([summary["bundle"], str(dataset), "--out", str(tmp_path / "eval"), "--cache-dir",
+                 str(tmp / "cache"), "--no-progress"]) == 0
+    assert "ROC-AUC" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing.fhb"), str(dataset), "--out", str(tmp_path / "x")]) == 1
+    assert "model bundle" in capsys.readouterr().err
