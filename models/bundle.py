@@ -10,7 +10,9 @@ A bundle is a zip file::
 ``load`` rebuilds both models from the bundle's own config, never from
 command-line flags, then loads the weights. Only weights are read from the
 file: no code, no pickle, and no Keras config is deserialised, which is
-stricter than Keras's safe mode.
+stricter than Keras's safe mode. Only the three members above are read, so
+anything else in the zip is ignored; bundle.json's fields are type-checked
+and the members' stated sizes capped before anything is read.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ FORMAT = "fetalhead-bundle"
 FORMAT_VERSION = 1
 CLASS_NAMES = ("Not-Head", "Head")
 _MEMBERS = ("bundle.json", "extractor.weights.h5", "head.weights.h5")
+# Far above any real bundle (VGG19's weights are 80 MB), far below a zip bomb's claims.
+_MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "extractor.weights.h5": 2 << 30, "head.weights.h5": 2 << 30}
 
 
 def package_versions() -> dict[str, str]:
@@ -111,6 +115,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             missing = [m for m in _MEMBERS if m not in names]
             if missing:
                 raise BundleError(f"model bundle {path}: not a fetalhead bundle (missing {', '.join(missing)})")
+            for member, cap in _MAX_MEMBER_BYTES.items():
+                size = zf.getinfo(member).file_size
+                if size > cap:
+                    raise BundleError(f"model bundle {path}: {member} is {size} bytes unpacked, more than "
+                                      f"the {cap} a bundle may hold")
             meta = json.loads(zf.read("bundle.json"))
     except zipfile.BadZipFile:
         raise BundleError(f"model bundle {path}: not a fetalhead bundle or truncated (not a complete zip file)") from None
@@ -121,12 +130,37 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"model bundle {path}: not a fetalhead bundle (bundle.json has no format {FORMAT!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int):
+    if isinstance(version, bool) or not isinstance(version, int):
         raise BundleError(f"model bundle {path}: format_version missing or not an integer")
     if version > FORMAT_VERSION:
         raise BundleError(f"model bundle {path}: made by a newer fetalhead (bundle format {version}, "
                           f"this version reads up to {FORMAT_VERSION}): upgrade fetalhead")
+    _check_meta_types(path, meta)
     return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
+    """BundleError naming the first bundle.json field of the wrong type (JSON can hold anything)."""
+    checks = (
+        ("config", isinstance(meta.get("config"), dict), "a table of model settings"),
+        ("threshold", "threshold" not in meta or (_is_number(meta["threshold"]) and 0 <= meta["threshold"] <= 1),
+         "a number in [0, 1]"),
+        ("class_names", "class_names" not in meta or (
+            isinstance(meta["class_names"], list) and len(meta["class_names"]) == 2
+            and all(isinstance(c, str) and c for c in meta["class_names"])), "two class names"),
+        ("feature_dim", meta.get("feature_dim") is None or (
+            isinstance(meta["feature_dim"], int) and not isinstance(meta["feature_dim"], bool)), "an integer"),
+        ("info", isinstance(meta.get("info", {}), dict), "a table"),
+    )
+    for name, ok, what in checks:
+        if not ok:
+            shown = repr(meta.get(name))
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise BundleError(f"model bundle {path}: bundle.json {name} must be {what}, got {shown}")
 
 
 def load(path: str | Path) -> Bundle:

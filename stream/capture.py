@@ -8,7 +8,14 @@ device that failed).
 Modes: ``live`` binds a PUB socket; a slow subscriber loses frames rather
 than delaying them. ``lossless`` binds a PUSH socket that one worker
 connects to with PULL; a full queue blocks the send, so the worker's pace
-becomes the capture's pace and no frame is ever dropped.
+becomes the capture's pace and no frame is ever dropped. A PUSH socket holds
+its first frame until a worker has connected, so a lossless stream loses
+nothing however late the worker starts; a live PUB publishes from its first
+frame, and subscribers that connect later miss what went before (frames are
+expendable in live mode).
+
+Problems of the source (a device lost and retried, a file that ends early)
+go out as ``status`` messages on the frames socket as well as to the log.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import zmq
 
 from models.config import check, load
-from stream import net, protocol
+from stream import keys, net, protocol
 from stream.sources import Source, SourceError, open_source
 from tools.cli import parser as make_parser, run
 
@@ -35,8 +43,9 @@ logger = logging.getLogger(__name__)
 # How often a blocked send or a sleep looks at the stop event; bounds the
 # time a stop request waits.
 _POLL_S = 0.05
-# A lossless end of stream waits this long for room in the queue, then gives up:
-# the worker may be gone.
+# After a stop, the end of stream waits this long for room in the queue, then gives
+# up: the worker may be gone. A lossless stream that ended by itself waits as long as
+# the worker needs, like its frames did.
 _EOS_TIMEOUT_S = 2.0
 # How long closing waits for queued messages to leave: in lossless mode the
 # last frames and the end of stream are queued when the loop ends.
@@ -102,7 +111,9 @@ class CaptureConfig:
     rate; ``hwm`` None picks 4 frames in lossless mode (backpressure reaches
     the capture quickly) and 16 in live mode; ``max_frames`` None is no limit.
     A device that fails is reopened after ``retry_initial_s``, doubling up
-    to ``retry_max_s`` while it keeps failing.
+    to ``retry_max_s`` while it keeps failing. ``keys`` turns CURVE on for
+    the frames socket (see ``stream.keys``): the capture's key pair
+    ``key_name`` (default ``capture``), clients allowed from ``allow``.
     """
 
     pub: str = net.DEFAULT_PUB
@@ -118,8 +129,12 @@ class CaptureConfig:
     max_frames: int | None = None
     retry_initial_s: float = 0.5
     retry_max_s: float = 8.0
+    keys: Path | None = None
+    key_name: str | None = None
+    allow: Path | None = None
 
     def __post_init__(self) -> None:
+        keys.check_options(self.keys, key_name=self.key_name, allow=self.allow)
         check(self.fps is None or self.fps > 0, f"fps: must be > 0, got {self.fps}")
         check(not (self.fast and self.fps is not None), "fast: --fast and --fps exclude each other")
         check(self.heartbeat_s > 0, f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
@@ -257,7 +272,8 @@ def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
     ``stopped`` when ``stop_event`` is set or on Ctrl-C, ``error`` when
     something fails for good (the error then propagates).
     """
-    net.check_bind_address(config.pub, allow_remote=config.allow_remote)
+    server = keys.server_keys(config.keys, config.key_name or "capture", config.allow)
+    net.check_bind_address(config.pub, allow_remote=config.allow_remote, encrypted=server is not None)
     stop = stop_event if stop_event is not None else threading.Event()
     lossless = config.mode == "lossless"
     src = source if isinstance(source, Source) else open_source(source, fps=config.fps, loop=config.loop)
@@ -271,10 +287,11 @@ def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
             raise SourceError(f"{src.name}: cannot be a stream id ({exc}); give one with --stream") from None
         kind = zmq.PUSH if lossless else zmq.PUB
         with net.socket(kind, bind=config.pub, hwm=config.queue_size, linger=_LINGER_MS[config.mode],
-                        allow_remote=config.allow_remote) as sock:
+                        allow_remote=config.allow_remote, curve=server) as sock:
             logger.info("capture %s: %s on %s, %s, %s", stream, "PUSH" if lossless else "PUB", config.pub,
                         config.mode, "fast" if config.fast else f"{config.fps or src.fps or 0:g} fps")
             pub = _Publisher(sock, stream, stop, config.heartbeat_s)
+            src.on_warning = lambda message: pub.status("warning", message)
             reason = "error"
             try:
                 reason = _publish_frames(src, pub, config)
@@ -282,7 +299,8 @@ def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
                 reason = "stopped"
             finally:
                 end = protocol.EndOfStream(stream, pub.last_seq, reason, time.time())
-                if not pub.send(protocol.encode(end), wait=True, timeout_s=_EOS_TIMEOUT_S):
+                patient = lossless and reason in ("eof", "max_frames") and not stop.is_set()
+                if not pub.send(protocol.encode(end), wait=True, timeout_s=None if patient else _EOS_TIMEOUT_S):
                     logger.warning("capture %s: end of stream not delivered (no consumer took it)", stream)
                 logger.info("capture %s: %d frames, ended (%s)", stream, pub.frames_out, reason)
     return CaptureStats(stream, pub.frames_out, pub.last_seq, pub.source_errors, reason,
@@ -292,8 +310,7 @@ def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
 def _publish_frames(source: Source, pub: _Publisher, config: CaptureConfig) -> str:
     """Send frames until the source ends, the limit is reached or ``pub.stop`` is set; returns the reason."""
     lossless = config.mode == "lossless"
-    # A device delivers at its own pace; pacing it again would only add latency.
-    pacer = Pacer(None if config.fast or source.retry else (config.fps or source.fps))
+    pacer = Pacer(None if config.fast or source.realtime else (config.fps or source.fps))
     seq = 0
     backoff = Backoff(config.retry_initial_s, config.retry_max_s)
     for image, t_source in _frames_with_retry(source, pub, backoff):
@@ -333,6 +350,8 @@ def process_scope() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        # The ZAP handler holds sockets of the context: term() would wait for it forever.
+        net.stop_authenticator()
         net.context().term()
 
 
@@ -351,10 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--allow-remote", action="store_true", default=None,
                    help="allow binding a non-loopback address (frames are not encrypted)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    keys.add_flags(p, name="capture", server=True)
     p.add_argument("--config", help="TOML file with a [capture] table")
     args = p.parse_args(argv)
     overrides = {name: getattr(args, name) for name in
-                 ("pub", "mode", "stream", "fps", "fast", "loop", "encoding", "allow_remote", "max_frames")}
+                 ("pub", "mode", "stream", "fps", "fast", "loop", "encoding", "allow_remote", "max_frames",
+                  "keys", "key_name", "allow")}
 
     def work() -> int:
         config = load(CaptureConfig, "capture", args.config, overrides)

@@ -10,18 +10,32 @@ connection. libzmq 4.3 treats this as a protocol error: a *connecting*
 receiver is not reconnected automatically and goes silent, so a consumer that
 misses heartbeats should ``disconnect`` and ``connect`` again; a *binding*
 receiver is reconnected by the sender after ZMQ_RECONNECT_IVL.
-tests/stream/test_net.py pins this behaviour down.
+tests/stream/test_net.py pins this behaviour down. ``ConnectionWatch`` tells
+such a refusal from an ordinary disconnect, so the receiver can say so in one
+line and reconnect at once.
+
+With ``curve`` (``stream.keys``) a socket is encrypted and authenticated
+with ZeroMQ CURVE: a binding socket is the CURVE server and admits only the
+client keys of its allow list, checked by one ZAP handler per process
+(``stop_authenticator`` ends it before the context is terminated).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import socket as pysocket
+import threading
+import time
+from typing import Callable
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from models.config import ConfigError
+from stream.keys import ClientKeys, ServerKeys
 from stream.protocol import DEFAULT_MAX_SIZE
 
 log = logging.getLogger(__name__)
@@ -63,14 +77,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind_address(addr: str, *, allow_remote: bool) -> None:
+def check_bind_address(addr: str, *, allow_remote: bool, encrypted: bool = False) -> None:
     """Refuse to bind ``addr`` where other machines can reach it, unless ``allow_remote``.
 
     Local: ``ipc://``, ``inproc://``, and ``tcp://`` on 127.x.x.x, ``localhost``
     or ``[::1]``. Anything else (``tcp://*:5555``, ``tcp://0.0.0.0:5555``, an
     interface or host name, multicast transports) raises ConfigError, or with
-    ``allow_remote`` logs a warning: the protocol is neither encrypted nor
-    authenticated and frames are patient images.
+    ``allow_remote`` logs a warning unless ``encrypted`` (CURVE is on): frames
+    are patient images.
     """
     scheme, sep, _ = addr.partition("://")
     if not sep:
@@ -80,14 +94,82 @@ def check_bind_address(addr: str, *, allow_remote: bool) -> None:
     if scheme == "tcp" and _is_loopback(_tcp_host(addr)):
         return
     if not allow_remote:
-        raise ConfigError(f"address {addr!r}: not a loopback address; binding it exposes unencrypted "
-                          f"frames to the network, so it needs allow_remote")
-    log.warning("binding %s: reachable from other machines, unencrypted and unauthenticated", addr)
+        raise ConfigError(f"address {addr!r}: not a loopback address; binding it exposes frames to the network, "
+                          f"so it needs allow_remote (--allow-remote), and --keys DIR to encrypt them")
+    if encrypted:
+        log.info("binding %s: reachable from other machines; CURVE-encrypted, only allowed keys connect", addr)
+    else:
+        log.warning("binding %s: reachable from other machines, NOT encrypted or authenticated (patient images "
+                    "in the clear); give --keys DIR for CURVE encryption (make keys with fetalhead keys DIR)", addr)
+
+
+class _AllowList:
+    """ZAP credentials provider of one binding socket: admits the keys of its allow list.
+
+    A refused client retries every ZMQ_RECONNECT_IVL, so each key is
+    reported once, not on every attempt.
+    """
+
+    def __init__(self, keys: ServerKeys) -> None:
+        self.keys = keys
+        self.refused: set[bytes] = set()
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        if client_key in self.keys.allowed:
+            return True
+        if client_key not in self.refused:
+            self.refused.add(client_key)
+            log.warning("refused a CURVE client with key %s...: not in the allow list %s",
+                        client_key[:8].decode("ascii", "replace"), self.keys.allow)
+        return False
+
+
+_auth: ThreadAuthenticator | None = None
+_auth_lock = threading.Lock()
+
+
+def _zap_domain(keys: ServerKeys) -> str:
+    """The ZAP domain whose handler admits ``keys.allowed``, starting this process's handler if needed.
+
+    One domain per allow list, so sockets with different lists can live in
+    one process (tests run capture and worker as threads).
+    """
+    global _auth
+    digest = hashlib.sha256(b"".join(sorted(keys.allowed)) + keys.public).hexdigest()[:16]
+    domain = f"fetalhead-{digest}"
+    with _auth_lock:
+        if _auth is None:
+            _auth = ThreadAuthenticator(context(), log=logging.getLogger(f"{__name__}.zap"))
+            _auth.start()
+        _auth.configure_curve_callback(domain, _AllowList(keys))
+    return domain
+
+
+def stop_authenticator() -> None:
+    """End the ZAP handler, if one was started: terminating the context waits for its sockets."""
+    global _auth
+    with _auth_lock:
+        if _auth is not None:
+            _auth.stop()
+            _auth = None
+
+
+def _apply_curve(sock: zmq.Socket, curve: ServerKeys | ClientKeys) -> None:
+    if isinstance(curve, ServerKeys):
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+        sock.setsockopt_string(zmq.ZAP_DOMAIN, _zap_domain(curve))
+    else:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
 
 
 def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hwm: int = DEFAULT_HWM,
            conflate: bool = False, max_size: int = DEFAULT_MAX_SIZE, linger: int = 0,
-           subscribe: list[bytes] | None = None, allow_remote: bool = False) -> zmq.Socket:
+           subscribe: list[bytes] | None = None, allow_remote: bool = False,
+           curve: ServerKeys | ClientKeys | None = None) -> zmq.Socket:
     """A ZeroMQ socket of ``kind`` (``zmq.PUB``, ``zmq.SUB``, ``zmq.PUSH`` ...), bound or connected.
 
     Exactly one of ``bind``/``connect``; a bind address goes through
@@ -97,6 +179,8 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
     ``max_size`` bytes is ZMQ_MAXMSGSIZE; ``linger`` is how many milliseconds
     ``close`` waits for unsent messages. ``subscribe`` lists topic prefixes
     for a SUB socket (``protocol.topic(stream)``); None subscribes to all.
+    ``curve``: ServerKeys for a CURVE server (only with ``bind``), ClientKeys
+    for a CURVE client (only with ``connect``), None for no encryption.
     Failing to bind or connect is a ConfigError naming the address.
     """
     if (bind is None) == (connect is None):
@@ -109,8 +193,10 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
         raise ValueError(f"max_size must be >= 1, got {max_size}")
     if linger < 0:
         raise ValueError(f"linger must be >= 0, got {linger}")
+    if isinstance(curve, ServerKeys) and bind is None or isinstance(curve, ClientKeys) and connect is None:
+        raise ValueError(f"{type(curve).__name__} are for a socket that {'binds' if connect else 'connects'}")
     if bind is not None:
-        check_bind_address(bind, allow_remote=allow_remote)
+        check_bind_address(bind, allow_remote=allow_remote, encrypted=curve is not None)
     addr = bind if bind is not None else connect
 
     sock = context().socket(kind)
@@ -129,6 +215,8 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
             sock.setsockopt(zmq.IPV6, 1)
         if conflate:
             sock.setsockopt(zmq.CONFLATE, 1)
+        if curve is not None:
+            _apply_curve(sock, curve)
         if kind == zmq.SUB:
             for prefix in [b""] if subscribe is None else subscribe:
                 sock.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -144,6 +232,63 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
         raise
     log.debug("%s socket %s %s", zmq.SocketType(kind).name, "bound to" if bind else "connected to", addr)
     return sock
+
+
+class ConnectionWatch:
+    """Which connections of a connecting socket ZeroMQ has closed for good, and why.
+
+    libzmq 4.3 closes a connection after a protocol error, which is what a
+    message over ZMQ_MAXMSGSIZE is, and does not reconnect it; after an
+    ordinary disconnect (the peer went away) it reconnects by itself and
+    reports CONNECT_RETRIED at once. So a DISCONNECTED with no retry for the
+    same endpoint within ``grace_s`` is a refused message. A failed CURVE
+    handshake (the server refused our key, or we have the wrong server key)
+    is reported as such. ``poll()`` returns ``(endpoint, reason)`` pairs,
+    reason ``"refused_message"`` or ``"auth_failed"``; the caller reconnects.
+    """
+
+    _RETRIED = frozenset({zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED, zmq.EVENT_CONNECTED})
+    _AUTH_FAILED = frozenset({zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL})
+
+    def __init__(self, sock: zmq.Socket, *, grace_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace_s = grace_s
+        self.clock = clock
+        self._sock = sock
+        events = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        for event in self._RETRIED:
+            events |= event
+        self._monitor = sock.get_monitor_socket(events)
+        self._closed_at: dict[str, float] = {}
+        self._auth_failed: set[str] = set()
+
+    def poll(self) -> list[tuple[str, str]]:
+        """Connections closed for good since the last call, as (endpoint, reason)."""
+        found = []
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            endpoint = event["endpoint"].decode("utf-8", "replace")
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                # A failed handshake closes its connection too; it is reported once, as auth_failed.
+                if endpoint not in self._auth_failed:
+                    self._closed_at[endpoint] = self.clock()
+                self._auth_failed.discard(endpoint)
+            elif event["event"] in self._RETRIED:
+                self._closed_at.pop(endpoint, None)
+            elif event["event"] in self._AUTH_FAILED:
+                self._auth_failed.add(endpoint)
+                found.append((endpoint, "auth_failed"))
+        now = self.clock()
+        for endpoint, at in list(self._closed_at.items()):
+            if now - at >= self.grace_s:
+                del self._closed_at[endpoint]
+                found.append((endpoint, "refused_message"))
+        return found
+
+    def close(self) -> None:
+        if not self._sock.closed:
+            self._sock.disable_monitor()
+        self._monitor.close(linger=0)
 
 
 def recv(sock: zmq.Socket, timeout_s: float | None) -> bytes | None:

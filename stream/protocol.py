@@ -60,18 +60,42 @@ _MAX_ITEMS = 1024
 _INT64 = 2**63
 
 
+# What is wrong with a rejected message, as ``ProtocolError.kind``; receivers count
+# rejections per kind (``rejected.<kind>`` in heartbeat stats), so the classes must
+# not depend on the wording of the error text.
+KIND_OVERSIZED = "oversized"          # over the size cap, or a frame whose image would be
+KIND_NO_TOPIC = "no_topic"            # no NUL-terminated topic, or not a valid stream id
+KIND_NOT_MSGPACK = "not_msgpack"      # the body is not exactly one msgpack value
+KIND_NOT_A_MAP = "not_a_map"          # the body is msgpack, but not a map
+KIND_VERSION = "version"              # "v" missing or not a supported version
+KIND_UNKNOWN_TYPE = "unknown_type"    # "type" is not a message type of this version
+KIND_BAD_FIELD = "bad_field"          # a missing field, or one of the wrong type or range
+KIND_EMPTY_FRAME = "empty_frame"      # a frame with a zero dimension or no pixels
+KIND_BAD_PIXELS = "bad_pixels"        # pixels that disagree with shape/dtype, or do not decode
+KINDS = (KIND_OVERSIZED, KIND_NO_TOPIC, KIND_NOT_MSGPACK, KIND_NOT_A_MAP, KIND_VERSION, KIND_UNKNOWN_TYPE,
+         KIND_BAD_FIELD, KIND_EMPTY_FRAME, KIND_BAD_PIXELS)
+
+
 class ProtocolError(FetalheadError, ValueError):
-    """A message that is not valid protocol; the message is one line naming what is wrong."""
+    """A message that is not valid protocol; the message is one line naming what is wrong.
+
+    ``kind`` is the class of the problem, one of ``KINDS`` for errors of this
+    module (a receiver may use its own, e.g. ``unexpected_type``).
+    """
+
+    def __init__(self, message: str, kind: str = KIND_BAD_FIELD) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 # --- field checks: each returns the value in its canonical Python type -----------------
 
 
-def _fail(where: str, what: str, value: Any) -> ProtocolError:
+def _fail(where: str, what: str, value: Any, kind: str = KIND_BAD_FIELD) -> ProtocolError:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return ProtocolError(f"{where} must be {what}, got {text}")
+    return ProtocolError(f"{where} must be {what}, got {text}", kind)
 
 
 def _int(value: Any, where: str, *, minimum: int = -_INT64) -> int:
@@ -179,7 +203,7 @@ class Frame:
         if len(shape) not in (2, 3):
             raise _fail("frame.shape", "(H, W) or (H, W, C)", shape)
         if 0 in shape:
-            raise ProtocolError(f"empty frame: shape {shape} has a zero dimension")
+            raise ProtocolError(f"empty frame: shape {shape} has a zero dimension", KIND_EMPTY_FRAME)
         if len(shape) == 3 and shape[2] not in CHANNELS:
             raise _fail("frame.shape channels", f"one of {CHANNELS}", shape[2])
         _set(self, "shape", shape)
@@ -193,10 +217,10 @@ class Frame:
         if not isinstance(self.pixels, bytes):
             raise _fail("frame.pixels", "bytes", type(self.pixels).__name__)
         if not self.pixels:
-            raise ProtocolError("empty frame: no pixels")
+            raise ProtocolError("empty frame: no pixels", KIND_EMPTY_FRAME)
         if self.encoding == "raw" and len(self.pixels) != self.image_nbytes:
-            raise ProtocolError(
-                f"frame.pixels has {len(self.pixels)} bytes, but raw {self.dtype} {shape} needs {self.image_nbytes}")
+            raise ProtocolError(f"frame.pixels has {len(self.pixels)} bytes, but raw {self.dtype} {shape} "
+                                f"needs {self.image_nbytes}", KIND_BAD_PIXELS)
 
     @property
     def image_nbytes(self) -> int:
@@ -216,23 +240,24 @@ class Frame:
             return np.frombuffer(self.pixels, dtype=self.dtype).reshape(self.shape)
         size = _jpeg_size(self.pixels) if self.encoding == "jpeg" else _png_size(self.pixels)
         if size is None:
-            raise ProtocolError(f"frame {self.stream}#{self.seq}: pixels are not a {self.encoding} file")
+            raise ProtocolError(f"frame {self.stream}#{self.seq}: pixels are not a {self.encoding} file",
+                                KIND_BAD_PIXELS)
         if size != self.shape[:2]:
             raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} is {size[0]}x{size[1]}, "
-                                f"shape says {self.shape[0]}x{self.shape[1]}")
+                                f"shape says {self.shape[0]}x{self.shape[1]}", KIND_BAD_PIXELS)
         try:
             image = cv2.imdecode(np.frombuffer(self.pixels, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
             raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} does not decode "
-                                f"({str(exc).strip().splitlines()[-1]})") from None
+                                f"({str(exc).strip().splitlines()[-1]})", KIND_BAD_PIXELS) from None
         if image is None:
-            raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} does not decode")
+            raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} does not decode", KIND_BAD_PIXELS)
         # OpenCV returns single-channel images as (H, W); the sender may have said (H, W, 1).
         if image.ndim == 2 and len(self.shape) == 3 and self.shape[2] == 1:
             image = image[:, :, None]
         if image.shape != self.shape or image.dtype != np.dtype(self.dtype):
             raise ProtocolError(f"frame {self.stream}#{self.seq}: {self.encoding} decodes to {image.dtype} "
-                                f"{image.shape}, header says {self.dtype} {self.shape}")
+                                f"{image.shape}, header says {self.dtype} {self.shape}", KIND_BAD_PIXELS)
         return image
 
 
@@ -454,48 +479,54 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:
     """The message in ``data`` (bytes-like, e.g. a ZeroMQ frame's buffer).
 
     Raises ProtocolError, and nothing else, for anything that is not a valid
-    message of a supported version; unknown extra map fields are ignored.
+    message of a supported version (its ``kind`` says what class of problem,
+    one of ``KINDS``); unknown extra map fields are ignored.
     Nothing is allocated beyond ``max_size``: the length is checked before
     unpacking and msgpack's length limits are capped. A frame's pixels are
     copied once out of ``data``; ``Frame.image()`` then views them.
     """
     view = memoryview(data)
     if view.nbytes > max_size:
-        raise ProtocolError(f"oversized message: {view.nbytes} bytes, cap is {max_size}")
+        raise ProtocolError(f"oversized message: {view.nbytes} bytes, cap is {max_size}", KIND_OVERSIZED)
     head = bytes(view[:_MAX_STREAM_ID + 1])
     sep = head.find(TOPIC_SEPARATOR)
     if sep < 0:
-        raise ProtocolError(f"missing topic separator: no NUL byte in the first {len(head)} bytes")
+        raise ProtocolError(f"missing topic separator: no NUL byte in the first {len(head)} bytes", KIND_NO_TOPIC)
     try:
         stream = _stream(head[:sep].decode("utf-8"), "topic", process=None)
     except UnicodeDecodeError:
-        raise _fail("topic", "a UTF-8 stream id", head[:sep]) from None
+        raise _fail("topic", "a UTF-8 stream id", head[:sep], KIND_NO_TOPIC) from None
+    except ProtocolError as exc:
+        raise ProtocolError(str(exc), KIND_NO_TOPIC) from None
     try:
         body = msgpack.unpackb(view[sep + 1:], raw=False, use_list=False, strict_map_key=True,
                                max_bin_len=max_size, max_str_len=_MAX_STR, max_array_len=_MAX_ITEMS,
                                max_map_len=_MAX_ITEMS, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types for bad input; the contract is ProtocolError
-        raise ProtocolError(f"stream {stream!r}: body is not msgpack ({_one_line(exc)})") from None
+        raise ProtocolError(f"stream {stream!r}: body is not msgpack ({_one_line(exc)})", KIND_NOT_MSGPACK) from None
     if not isinstance(body, dict):
-        raise ProtocolError(f"stream {stream!r}: body is a msgpack {type(body).__name__}, not a map")
+        raise ProtocolError(f"stream {stream!r}: body is a msgpack {type(body).__name__}, not a map", KIND_NOT_A_MAP)
     if "v" not in body:
-        raise ProtocolError(f"stream {stream!r}: missing field 'v' (protocol version)")
+        raise ProtocolError(f"stream {stream!r}: missing field 'v' (protocol version)", KIND_VERSION)
     version = body["v"]
     if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
         supported = ", ".join(map(str, SUPPORTED_VERSIONS))
-        raise ProtocolError(f"stream {stream!r}: unsupported protocol version {version!r} (supported: {supported})")
-    kind = body.get("type")
-    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+        raise ProtocolError(f"stream {stream!r}: unsupported protocol version {version!r} (supported: {supported})",
+                            KIND_VERSION)
+    type_name = body.get("type")
+    cls = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
-        raise ProtocolError(f"stream {stream!r}: unknown message type {kind!r} (known: {', '.join(_TYPES)})")
+        raise ProtocolError(f"stream {stream!r}: unknown message type {type_name!r} (known: {', '.join(_TYPES)})",
+                            KIND_UNKNOWN_TYPE)
     missing = [name for name in _field_names(cls) if name not in body]
     if missing:
-        raise ProtocolError(f"{kind} on stream {stream!r}: missing field {', '.join(map(repr, missing))}")
+        raise ProtocolError(f"{type_name} on stream {stream!r}: missing field {', '.join(map(repr, missing))}")
     if body["stream"] != stream:
         raise ProtocolError(f"topic {stream!r} does not match the map's stream {body['stream']!r}")
     msg = cls(**{name: body[name] for name in _field_names(cls)})
     if isinstance(msg, Frame) and msg.image_nbytes > max_size:
-        raise ProtocolError(f"oversized frame: {msg.shape} decodes to {msg.image_nbytes} bytes, cap is {max_size}")
+        raise ProtocolError(f"oversized frame: {msg.shape} decodes to {msg.image_nbytes} bytes, cap is {max_size}",
+                            KIND_OVERSIZED)
     return msg
 
 

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from models.config import ConfigError, check, load
-from stream import net, protocol
+from stream import keys, net, protocol
 from stream.capture import process_scope
 from stream.stats import GapCounter
 from stream.watch import LABELS, Subscription, check_stream_id, decision_label
@@ -143,8 +143,14 @@ def annotate(image: np.ndarray, score: float | None, threshold: float, decision:
 
 
 def stream_path(path: Path, stream: str) -> Path:
-    """``annotated.mp4`` + ``probe1`` -> ``annotated-probe1.mp4``."""
-    return path.with_name(f"{path.stem}-{stream}{path.suffix}")
+    """``annotated.mp4`` + ``probe1`` -> ``annotated-probe1.mp4``, always next to ``path``.
+
+    The stream id comes off the wire; its characters (``protocol`` allows
+    ``A-Z a-z 0-9 _ . : -``) hold no path separator, and ``:`` becomes
+    ``%3A`` because Windows reads ``name:x`` as an alternate data stream.
+    """
+    protocol.topic(stream)  # a ProtocolError for anything that is not a valid stream id
+    return path.with_name(f"{path.stem}-{stream.replace(':', '%3A')}{path.suffix}")
 
 
 def free_path(path: Path) -> Path:
@@ -322,7 +328,8 @@ class RecordConfig:
     estimates each stream's rate. ``append`` adds to an existing CSV and
     writes videos next to existing ones instead of over them. ``hwm`` is the
     receive queue in messages: frames and scores must not be dropped, so it
-    is longer than a viewer's.
+    is longer than a viewer's. ``keys`` makes it a CURVE client, as for
+    ``fetalhead watch``.
     """
 
     sub: str = net.DEFAULT_SCORES
@@ -335,8 +342,12 @@ class RecordConfig:
     append: bool = False
     flush_s: float = 1.0
     hwm: int = 256
+    keys: Path | None = None
+    key_name: str | None = None
+    server_key: Path | None = None
 
     def __post_init__(self) -> None:
+        keys.check_options(self.keys, key_name=self.key_name, server_key=self.server_key)
         check(self.csv is not None or self.video is not None or self.show,
               "nothing to record: give --csv, --video or --show")
         check_stream_id(self.stream)
@@ -579,7 +590,8 @@ def record(config: RecordConfig, stop_event: threading.Event | None = None) -> R
     Every file is finished on the way out, whatever ends the loop.
     """
     stop = stop_event if stop_event is not None else threading.Event()
-    with Subscription(config.sub, config.stream, hwm=config.hwm) as sub:
+    curve = keys.client_keys(config.keys, config.key_name or "client", "worker", config.server_key)
+    with Subscription(config.sub, config.stream, hwm=config.hwm, curve=curve) as sub:
         recorder = Recorder(config)
         try:
             logger.info("recording %s from %s", config.stream or "every stream", config.sub)
@@ -607,10 +619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fps", type=float, help="video frame rate (default: estimated from the frames' times)")
     p.add_argument("--append", action="store_true", default=None,
                    help="append to an existing CSV and keep existing videos (write NAME-1.EXT ...)")
+    keys.add_flags(p, name="client", client="worker")
     p.add_argument("--config", help="TOML file with a [record] table")
     args = p.parse_args(argv)
     overrides = {name: getattr(args, name) for name in
-                 ("sub", "csv", "video", "show", "stream", "until_eos", "fps", "append")}
+                 ("sub", "csv", "video", "show", "stream", "until_eos", "fps", "append", "keys", "key_name",
+                  "server_key")}
 
     def work() -> int:
         config = load(RecordConfig, "record", args.config, overrides)

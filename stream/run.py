@@ -38,7 +38,7 @@ from typing import Callable, Iterator, Literal, Sequence
 import zmq
 
 from models.config import check, load
-from stream import net, protocol
+from stream import keys, net, protocol
 from stream.watch import check_stream_id
 from tools.cli import parser as make_parser, run
 
@@ -277,6 +277,9 @@ class RunConfig:
     ``restarts`` is per process. ``log`` collects the logs of every child but
     the viewer in a file; None shares the supervisor's stderr, except while
     the live table is on a terminal, when they go to a temporary file.
+    ``keys`` turns CURVE on for every link: each child gets ``--keys`` and
+    uses its role's key pair there (``capture``, ``worker``, ``client``), as
+    ``fetalhead keys DIR`` makes them.
     """
 
     source: str = ""
@@ -296,6 +299,7 @@ class RunConfig:
     stop_timeout_s: float = 5.0
     log: Path | None = None
     verbose: bool = False
+    keys: Path | None = None
 
     def __post_init__(self) -> None:
         check(bool(self.source), "source: give a device index, video file, scan folder or 'synthetic'")
@@ -322,6 +326,7 @@ def build_specs(config: RunConfig, frames: str, scores: str, *,
     (held back by ``capture_when``, see ``WorkerReady``)."""
     stream = config.stream or default_stream_id(config.source)
     v = config.verbose
+    curve = ["--keys", str(config.keys)] if config.keys is not None else []
     specs = []
     if config.records:
         args = ["--sub", scores, "--stream", stream, "--until-eos"]
@@ -330,20 +335,20 @@ def build_specs(config: RunConfig, frames: str, scores: str, *,
                 args += [flag, str(value)]
         if config.show:
             args.append("--show")
-        argv = _command("record", *args, verbose=v)
+        argv = _command("record", *args, *curve, verbose=v)
         # A restarted recorder adds to what its crashed predecessor wrote.
         specs.append(ProcessSpec("record", argv, final=True, restart_argv=(*argv, "--append"), log=config.log))
     if config.watch:
         specs.append(ProcessSpec("watch", _command("watch", "--sub", scores, "--stream", stream, "--until-eos",
-                                                   verbose=v), final=True))
-    worker = ["--model", config.model, "--sub", frames, "--pub", scores, "--mode", config.mode]
+                                                   *curve, verbose=v), final=True))
+    worker = ["--model", config.model, "--sub", frames, "--pub", scores, "--mode", config.mode, *curve]
     if config.video is not None or config.show:
         worker.append("--forward-frames")
     consumers = config.records or config.watch
     if not consumers:
         worker += ["--exit-after-eos", "1"]
     specs.append(ProcessSpec("worker", _command("worker", *worker, verbose=v), final=not consumers, log=config.log))
-    capture = [config.source, "--pub", frames, "--mode", config.mode, "--stream", stream]
+    capture = [config.source, "--pub", frames, "--mode", config.mode, "--stream", stream, *curve]
     if config.fast:
         capture.append("--fast")
     if config.loop:
@@ -365,9 +370,10 @@ class WorkerReady:
     every 100 ms, are subscribed too, and no first score is lost.
     """
 
-    def __init__(self, addr: str) -> None:
+    def __init__(self, addr: str, curve: keys.ClientKeys | None = None) -> None:
         self.ready = False
-        self._sock = net.socket(zmq.SUB, connect=addr, subscribe=[protocol.topic(protocol.process_id("worker"))])
+        self._sock = net.socket(zmq.SUB, connect=addr, subscribe=[protocol.topic(protocol.process_id("worker"))],
+                                curve=curve)
 
     def __call__(self) -> bool:
         while not self.ready and (data := net.recv(self._sock, 0)) is not None:
@@ -411,9 +417,14 @@ def run_pipeline(config: RunConfig, stop_event: threading.Event | None = None, *
         # Log lines from other processes would tear the live table apart.
         config = dataclasses.replace(config, log=Path(tempfile.gettempdir()) / f"fetalhead-run-{os.getpid()}.log")
         logger.info("run: the other processes log to %s while the table has the terminal", config.log)
+    # Every child's keys are checked here, so a missing one is one line before anything starts.
+    keys.server_keys(config.keys, "capture")
+    keys.server_keys(config.keys, "worker")
+    keys.client_keys(config.keys, "worker", "capture")
+    client = keys.client_keys(config.keys, "client", "worker")
     frames = config.frames or net.free_tcp_address()
     scores = config.scores or net.free_tcp_address()
-    worker_ready = WorkerReady(scores)
+    worker_ready = WorkerReady(scores, client)
     specs = build_specs(config, frames, scores, capture_when=worker_ready)
     logger.info("run: frames on %s, scores on %s; %s", frames, scores, ", ".join(s.name for s in specs))
     supervisor = Supervisor(specs, max_restarts=config.restarts, stop_timeout_s=config.stop_timeout_s,
@@ -473,11 +484,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scores", help="scores address (default: a free loopback port)")
     p.add_argument("--log", type=Path, help="append the logs of every process but the viewer to this file "
                    "(default: the terminal, or a temporary file while the live table is on it)")
+    p.add_argument("--keys", type=Path, help="turn CURVE encryption on for every link: folder made by "
+                   "fetalhead keys DIR (capture, worker and client key pairs)")
     p.add_argument("--config", help="TOML file with a [run] table")
     args = p.parse_args(argv)
     overrides = {name: getattr(args, name) for name in
                  ("source", "model", "mode", "stream", "csv", "video", "show", "watch", "fast", "fps", "loop",
-                  "restarts", "frames", "scores", "log")}
+                  "restarts", "frames", "scores", "log", "keys")}
     overrides["verbose"] = args.verbose or None
 
     def work() -> int:

@@ -8,9 +8,12 @@ Sources do no pacing and open no sockets: ``stream.capture`` does both.
 
 ``open_source`` checks its input before anything is sent, and every bad
 input is a one-line ``SourceError`` naming the source. A file that breaks in
-the middle ends the stream with a warning after its last good frame; a device
-that fails raises ``SourceError`` from the iteration, and ``reopen`` tries it
-again (``Source.retry`` tells the capture loop to do so with backoff).
+the middle ends the stream with a warning (``Source.warn``, which the capture
+also publishes as a Status) after its last good frame. A device that fails
+raises ``SourceError`` from the iteration, and ``reopen`` tries it again
+(``Source.retry`` tells the capture loop to do so with backoff); so does a
+looped file or scan folder that goes missing or unreadable, since it too is
+meant to run until stopped.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import cv2
 import numpy as np
 
 from models.errors import DataError, FetalheadError
+
+if TYPE_CHECKING:
+    from train.data import Scan
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +46,23 @@ class Source:
     """Base of all sources: iterate for (uint8 image, t_source); close when done.
 
     ``name`` is the default stream id, ``fps`` the nominal frame rate (None
-    when unknown), ``retry`` whether a read failure is worth retrying.
+    when unknown), ``retry`` whether a read failure is worth retrying,
+    ``realtime`` whether frames come at their own pace (a device: pacing
+    them again would only add latency). ``on_warning``, when set, is called
+    with every warning's text as well.
     """
 
     name: str = "source"
     fps: float | None = None
     retry: bool = False
+    realtime: bool = False
+    on_warning: Callable[[str], None] | None = None
+
+    def warn(self, message: str) -> None:
+        """Log a problem that does not stop the source, and hand it to ``on_warning``."""
+        logger.warning("%s", message)
+        if self.on_warning is not None:
+            self.on_warning(message)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
         raise NotImplementedError
@@ -78,6 +95,7 @@ class DeviceSource(Source):
     """A camera or frame grabber by OpenCV index (``/dev/videoN`` on Linux)."""
 
     retry = True
+    realtime = True
 
     def __init__(self, index: int, *, fps: float | None = None) -> None:
         self.index = index
@@ -124,13 +142,19 @@ class VideoFileSource(Source):
     """A video file, once or looped; ``t_source`` = frame index in the file / fps.
 
     ``fps`` overrides the file's own frame rate (which is used when it has one,
-    else 25).
+    else 25). A looped file is retried when it goes missing or unreadable.
     """
 
     def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False) -> None:
         self.path = Path(path)
         self.name = self.path.stem
         self.loop = loop
+        self.retry = loop
+        self._warned: set[str] = set()
+        self.fps = self._probe(fps)
+
+    def _probe(self, fps: float | None) -> float:
+        """Check that the file opens and gives a frame; returns the frame rate to play it at."""
         capture = self._open()
         try:
             own = capture.get(cv2.CAP_PROP_FPS)
@@ -141,12 +165,14 @@ class VideoFileSource(Source):
         if not ok:
             raise SourceError(f"video file {self.path}: not a video (no frame could be read)")
         if fps:
-            self.fps = float(fps)
-        elif own and math.isfinite(own) and own > 0:
-            self.fps = float(own)
-        else:
-            logger.warning("video file %s: no frame rate in the file, using %g fps", self.path, SCAN_FOLDER_FPS)
-            self.fps = SCAN_FOLDER_FPS
+            return float(fps)
+        if own and math.isfinite(own) and own > 0:
+            return float(own)
+        logger.warning("video file %s: no frame rate in the file, using %g fps", self.path, SCAN_FOLDER_FPS)
+        return SCAN_FOLDER_FPS
+
+    def reopen(self) -> None:
+        self._probe(self.fps)
 
     def _open(self) -> cv2.VideoCapture:
         if not self.path.exists():
@@ -173,8 +199,11 @@ class VideoFileSource(Source):
         finally:
             capture.release()
         if index < self.frame_count:
-            logger.warning("video file %s: ended after %d of %d frames (damaged or truncated)",
-                           self.path, index, self.frame_count)
+            message = f"video file {self.path}: ended after {index} of {self.frame_count} frames (damaged or truncated)"
+            # A looped damaged file would say the same on every pass.
+            if message not in self._warned:
+                self._warned.add(message)
+                self.warn(message)
         if index == 0:
             # A file that became unreadable after opening would otherwise loop forever.
             raise SourceError(f"video file {self.path}: no frame could be read")
@@ -186,12 +215,23 @@ class VideoFileSource(Source):
 
 
 class ScanFolderSource(Source):
-    """A scan folder in the training data format (see ``train.data``), at ``fps`` (default 25)."""
+    """A scan folder in the training data format (see ``train.data``), at ``fps`` (default 25).
+
+    A looped folder is retried when it goes missing or unreadable.
+    """
 
     def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False) -> None:
+        self.path = Path(path)
+        self.scan = self._load()
+        self.name = self.scan.name
+        self.fps = float(fps) if fps else SCAN_FOLDER_FPS
+        self.loop = loop
+        self.retry = loop
+
+    def _load(self) -> Scan:
+        """The scan, checked; SourceError naming the folder's first fatal problem."""
         from train.data import load_scan
 
-        self.path = Path(path)
         scan, problems = load_scan(self.path)
         if scan is None:
             fatal = [p for p in problems if p.fatal]
@@ -199,10 +239,10 @@ class ScanFolderSource(Source):
             raise SourceError(f"scan folder {self.path}: {fatal[0].message if fatal else 'cannot be read'}{more}")
         if len(scan) == 0:
             raise SourceError(f"scan folder {self.path}: no frames")
-        self.scan = scan
-        self.name = scan.name
-        self.fps = float(fps) if fps else SCAN_FOLDER_FPS
-        self.loop = loop
+        return scan
+
+    def reopen(self) -> None:
+        self.scan = self._load()
 
     def _play_once(self) -> Iterator[tuple[np.ndarray, float | None]]:
         index = 0
@@ -211,7 +251,7 @@ class ScanFolderSource(Source):
                 yield frame, index / self.fps
                 index += 1
         except DataError as exc:
-            logger.warning("scan folder %s: ended after %d of %d frames (%s)", self.path, index, len(self.scan), exc)
+            self.warn(f"scan folder {self.path}: ended after {index} of {len(self.scan)} frames ({exc})")
             if index == 0:
                 raise SourceError(f"scan folder {self.path}: no frame could be read ({exc})") from None
 

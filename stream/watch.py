@@ -15,9 +15,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import zmq
@@ -28,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from models.config import check, load
-from stream import net, protocol
+from stream import keys, net, protocol
 from stream.capture import process_scope
 from stream.stats import GapCounter, LatencyWindow, RateCounter
 from tools.cli import parser as make_parser, run
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 LABELS = ("Not-Head", "Head")
 _BAR_WIDTH = 6
 _DEAD_AFTER_S = protocol.HEARTBEAT_INTERVAL_S * protocol.HEARTBEAT_MISSES_DEAD
+_WARN_EVERY_S = 5.0
 
 
 def decision_label(decision: bool) -> str:
@@ -61,15 +64,17 @@ class Subscription:
 
     ``stream`` None takes every stream; otherwise that stream plus every
     process-level message (heartbeats, process status). Messages that do not
-    decode are counted in ``rejected`` and logged at debug level. After
-    ``silence_s`` without any message the socket disconnects and connects
-    again: ZeroMQ does not reconnect by itself after refusing an oversized
-    message, and heartbeats make silence abnormal.
+    decode are counted in ``rejected`` and logged (a warning per class every
+    few seconds). ZeroMQ does not reconnect by itself after refusing an
+    oversized message: that is logged and the socket reconnects at once; and
+    after ``silence_s`` without any message (heartbeats make silence
+    abnormal) it disconnects and connects again too. ``curve`` makes it a
+    CURVE client (``stream.keys.client_keys``).
     """
 
     def __init__(self, addr: str, stream: str | None = None, *, hwm: int = net.DEFAULT_HWM,
                  max_size: int = protocol.DEFAULT_MAX_SIZE, silence_s: float = _DEAD_AFTER_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, curve: keys.ClientKeys | None = None) -> None:
         self.addr = addr
         self.max_size = max_size
         self.silence_s = silence_s
@@ -77,8 +82,10 @@ class Subscription:
         self.rejected = 0
         self.reconnects = 0
         subscribe = None if stream is None else [protocol.topic(stream), b"_"]
-        self.sock = net.socket(zmq.SUB, connect=addr, hwm=hwm, max_size=max_size, subscribe=subscribe)
+        self.sock = net.socket(zmq.SUB, connect=addr, hwm=hwm, max_size=max_size, subscribe=subscribe, curve=curve)
+        self.connections = net.ConnectionWatch(self.sock)
         self._heard_at = clock()
+        self._warned_at: dict[str, float] = {}
 
     def receive(self, timeout_s: float, limit: int = 1000) -> list[protocol.Message]:
         """What arrives within ``timeout_s`` seconds plus what is queued behind it, up to ``limit`` messages.
@@ -92,6 +99,15 @@ class Subscription:
             self._heard_at = now
         elif now - self._heard_at >= self.silence_s:
             self._reconnect()
+        for endpoint, reason in self.connections.poll():
+            self.rejected += 1
+            if reason == "auth_failed":
+                self._warn(reason, f"scores from {endpoint}: the CURVE handshake failed (is our key in the worker's "
+                                   f"allow list, and --server-key the worker's key?)")
+            else:
+                self._warn(reason, f"scores from {endpoint}: a message over {self.max_size} bytes was refused "
+                                   f"unread and the connection closed; reconnected")
+                self._reconnect()
         taken = 0
         while data is not None:
             taken += 1
@@ -99,7 +115,7 @@ class Subscription:
                 messages.append(protocol.decode(data, max_size=self.max_size))
             except protocol.ProtocolError as exc:
                 self.rejected += 1
-                logger.debug("rejected message: %s", exc)
+                self._warn(exc.kind, f"rejected message ({exc.kind}): {exc}")
             if taken >= limit:
                 break
             try:
@@ -107,6 +123,13 @@ class Subscription:
             except zmq.Again:
                 data = None
         return messages
+
+    def _warn(self, key: str, message: str) -> None:
+        """A warning per ``key`` every few seconds: a flood of bad messages must not flood the log."""
+        now = self.clock()
+        if now - self._warned_at.get(key, -math.inf) >= _WARN_EVERY_S:
+            self._warned_at[key] = now
+            logger.warning("%s", message)
 
     def _reconnect(self) -> None:
         logger.debug("nothing on %s for %.1f s: reconnecting", self.addr, self.silence_s)
@@ -120,6 +143,7 @@ class Subscription:
         self._heard_at = self.clock()
 
     def close(self) -> None:
+        self.connections.close()
         self.sock.close(linger=0)
 
     def __enter__(self) -> Subscription:
@@ -415,6 +439,9 @@ class WatchConfig:
 
     ``stream`` None shows every stream. ``interval_s`` is how often a
     non-terminal output prints its lines; ``hwm`` the receive queue in messages.
+    ``keys`` makes it a CURVE client (see ``stream.keys``): key pair
+    ``key_name`` (default ``client``), the worker's public key ``server_key``
+    (default ``keys/worker.key``).
     """
 
     sub: str = net.DEFAULT_SCORES
@@ -422,8 +449,12 @@ class WatchConfig:
     until_eos: bool = False
     interval_s: float = 1.0
     hwm: int = 64
+    keys: Path | None = None
+    key_name: str | None = None
+    server_key: Path | None = None
 
     def __post_init__(self) -> None:
+        keys.check_options(self.keys, key_name=self.key_name, server_key=self.server_key)
         check_stream_id(self.stream)
         check(self.interval_s > 0, f"interval_s: must be > 0, got {self.interval_s}")
         check(self.hwm >= 1, f"hwm: must be >= 1, got {self.hwm}")
@@ -448,7 +479,8 @@ def watch(config: WatchConfig = WatchConfig(), stop_event: threading.Event | Non
     def done() -> bool:
         return stop.is_set() or (config.until_eos and board.all_ended)
 
-    with Subscription(config.sub, config.stream, hwm=config.hwm) as sub:
+    curve = keys.client_keys(config.keys, config.key_name or "client", "worker", config.server_key)
+    with Subscription(config.sub, config.stream, hwm=config.hwm, curve=curve) as sub:
         logger.debug("watching %s (%s)", config.sub, config.stream or "every stream")
         if console.is_terminal:
             with Live(render(board), console=console, auto_refresh=False, transient=False) as live:
@@ -487,9 +519,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="exit when every stream seen has ended (default: run until Ctrl-C)")
     p.add_argument("--interval", type=float, dest="interval_s",
                    help="seconds between lines when the output is not a terminal (default 1)")
+    keys.add_flags(p, name="client", client="worker")
     p.add_argument("--config", help="TOML file with a [watch] table")
     args = p.parse_args(argv)
-    overrides = {"sub": args.sub, "stream": args.stream, "until_eos": args.until_eos, "interval_s": args.interval_s}
+    overrides = {"sub": args.sub, "stream": args.stream, "until_eos": args.until_eos, "interval_s": args.interval_s,
+                 "keys": args.keys, "key_name": args.key_name, "server_key": args.server_key}
 
     def work() -> int:
         config = load(WatchConfig, "watch", args.config, overrides)

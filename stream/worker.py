@@ -11,6 +11,12 @@ equal ``Runtime.scan_scores`` of the same frames offline.
 newest frame of each stream from whatever is waiting, so latency stays
 bounded however fast the source is; lossless mode (PULL) scores every frame
 once, in order, batching whatever backlog is waiting.
+
+Bad input never stops the worker: a message that does not decode, a frame
+the model cannot take, or one that ZeroMQ refused for its size is dropped,
+logged in one line (rate-limited per class) and counted in the heartbeat as
+``rejected.<class>``. A stream whose frame shape changes is scored on (the
+preprocessing resizes every frame) and gets one ``warning`` Status.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import zmq
 
 from models.config import check, load
 from models.scoring import RollingWindow
-from stream import net, protocol
+from stream import keys, net, protocol
 from stream.capture import process_scope
 from tools.cli import parser as make_parser, run
 
@@ -47,35 +53,20 @@ _SCORES_LINGER_MS = 500
 _MAX_DRAIN = 10_000
 _POLL_S = 0.05
 
-# ProtocolError text -> rejection class, first match wins; anything else is "bad_message".
-_REJECTION_CLASSES = (
-    ("oversized", "oversized"),
-    ("missing topic separator", "no_topic"),
-    ("not msgpack", "not_msgpack"),
-    ("protocol version", "version"),
-    ("frame.pixels has", "bad_pixels"),
-    ("empty frame", "bad_pixels"),
-    ("pixels are not a", "bad_pixels"),
-    ("does not decode", "bad_pixels"),
-    ("decodes to", "bad_pixels"),
-    ("shape says", "bad_pixels"),
-    ("on the frames socket", "unexpected_type"),
-)
+# Rejection classes of the worker's own, besides protocol.KINDS.
+UNEXPECTED_TYPE = "unexpected_type"  # a valid message that has no business on the frames socket
+BAD_IMAGE = "bad_image"  # a valid frame the model cannot take
 
 
 def rejection_class(exc: Exception) -> str:
     """The short class of a rejected message, as counted in ``rejected.<class>``.
 
-    ProtocolErrors are classed by what they say; a ValueError from
-    preprocessing (a frame the model cannot take) is ``bad_image``.
+    A ProtocolError's own ``kind``; a ValueError from preprocessing (a frame
+    the model cannot take) is ``bad_image``.
     """
-    if not isinstance(exc, protocol.ProtocolError):
-        return "bad_image"
-    text = str(exc)
-    for needle, key in _REJECTION_CLASSES:
-        if needle in text:
-            return key
-    return "bad_message"
+    if isinstance(exc, protocol.ProtocolError):
+        return exc.kind
+    return BAD_IMAGE
 
 
 class _Throttled:
@@ -103,16 +94,21 @@ class _StreamState:
     frames_in: int = 0
     frames_out: int = 0
     dropped: int = 0
+    shape: tuple[int, ...] | None = None
+    shape_changes: int = 0
 
 
 class Scorer:
     """Per-stream rolling windows over one Runtime, with the worker's counters.
 
     runtime: a ``models.runtime.Runtime``; threshold in [0, 1] gives each
-    score's decision; model_id names the model in every Score.
+    score's decision; model_id names the model in every Score. ``events``
+    collects Status messages for the caller to publish (and clear).
+    Rejections are logged once per class every ``warn_interval_s`` seconds.
     """
 
-    def __init__(self, runtime: Runtime, threshold: float, model_id: str, *, latency_samples: int = 4096) -> None:
+    def __init__(self, runtime: Runtime, threshold: float, model_id: str, *, latency_samples: int = 4096,
+                 warn_interval_s: float = 5.0) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.runtime = runtime
@@ -125,7 +121,9 @@ class Scorer:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped = 0
-        self._warn = _Throttled()
+        self.shape_changes = 0
+        self.events: list[protocol.Status] = []
+        self._warn = _Throttled(warn_interval_s)
 
     def _stream(self, stream: str) -> _StreamState:
         state = self.streams.get(stream)
@@ -139,6 +137,11 @@ class Scorer:
         self.rejected[key] += 1
         self._warn.warning(key, f"rejected {what} ({key}): {exc}")
         return key
+
+    def reject_connection(self, key: str, message: str) -> None:
+        """Count a refused connection (``rejected.<key>``) and warn (rate-limited)."""
+        self.rejected[key] += 1
+        self._warn.warning(key, message)
 
     def drop(self, stream: str, count: int = 1) -> None:
         """Count ``count`` frames of ``stream`` that the caller skipped unscored."""
@@ -174,6 +177,7 @@ class Scorer:
             except ValueError as exc:  # ProtocolError is a ValueError too
                 self.reject(exc, f"frame {frame.stream}#{frame.seq}")
                 continue
+            self._check_shape(frame, state)
             accepted.append((frame, t))
         if not accepted:
             return []
@@ -219,10 +223,29 @@ class Scorer:
         self.frames_out += len(out)
         return out
 
+    def _check_shape(self, frame: protocol.Frame, state: _StreamState) -> None:
+        """Count a change of the stream's frame shape; the first of each stream becomes a warning Status.
+
+        Scoring goes on: preprocessing crops and resizes every frame to the
+        model's input, so a probe that changes depth or zoom keeps working;
+        but the window then mixes both sizes, which a person should know.
+        """
+        previous, state.shape = state.shape, frame.shape
+        if previous is None or previous == frame.shape:
+            return
+        state.shape_changes += 1
+        self.shape_changes += 1
+        if state.shape_changes == 1:
+            message = (f"stream {frame.stream}: frame shape changed from {previous} to {frame.shape} at seq "
+                       f"{frame.seq}; still scored (each frame is resized to the model's input), reported once")
+            logger.warning("%s", message)
+            self.events.append(protocol.Status(frame.stream, "warning", message, time.time()))
+
     def stats(self) -> dict[str, int | float]:
         """Counters for a heartbeat: totals, per stream and per rejection class; latency in seconds."""
         stats: dict[str, int | float] = {"frames_in": self.frames_in, "frames_out": self.frames_out,
-                                         "dropped": self.dropped, "streams": len(self.streams)}
+                                         "dropped": self.dropped, "streams": len(self.streams),
+                                         "shape_changes": self.shape_changes}
         for name, state in self.streams.items():
             stats[f"frames_out.{name}"] = state.frames_out
             stats[f"dropped.{name}"] = state.dropped
@@ -240,8 +263,14 @@ class WorkerConfig:
 
     ``sub`` lists the frame addresses to connect to (several captures in
     live mode). ``exit_after_eos`` 0 runs until stopped. ``silence_s``: with
-    no message at all for this long, reconnect the frame socket (ZeroMQ does
-    not reconnect by itself after refusing an oversized message).
+    no message at all for this long, reconnect the frame socket (a fallback:
+    a connection ZeroMQ closed after refusing an oversized message is
+    reconnected as soon as that is seen). A flood of bad messages is logged
+    once per rejection class every ``warn_interval_s`` (all are counted).
+    ``keys`` turns CURVE on for both
+    sockets (see ``stream.keys``): the worker's key pair ``key_name``
+    (default ``worker``), clients allowed from ``allow``, the capture's
+    public key ``server_key`` (default ``keys/capture.key``).
     """
 
     sub: tuple[str, ...] = (net.DEFAULT_PUB,)
@@ -254,14 +283,21 @@ class WorkerConfig:
     allow_remote: bool = False
     exit_after_eos: int = 0
     silence_s: float = protocol.HEARTBEAT_INTERVAL_S * protocol.HEARTBEAT_MISSES_DEAD
+    warn_interval_s: float = 5.0
+    keys: Path | None = None
+    key_name: str | None = None
+    allow: Path | None = None
+    server_key: Path | None = None
 
     def __post_init__(self) -> None:
+        keys.check_options(self.keys, key_name=self.key_name, allow=self.allow, server_key=self.server_key)
         check(len(self.sub) >= 1, "sub: needs at least one address")
         check(self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}")
         check(self.heartbeat_s > 0, f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
         check(self.max_message_size >= 1024, f"max_message_size: must be >= 1024 bytes, got {self.max_message_size}")
         check(self.exit_after_eos >= 0, f"exit_after_eos: must be >= 0, got {self.exit_after_eos}")
         check(self.silence_s > 0, f"silence_s: must be > 0, got {self.silence_s}")
+        check(self.warn_interval_s >= 0, f"warn_interval_s: must be >= 0, got {self.warn_interval_s}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +337,7 @@ class _Loop:
         self._beat_at = self._started
         self._beat_counts = (0, 0)
         self._heard_at = self._started
+        self.connections = net.ConnectionWatch(inp)
 
     def done(self) -> bool:
         return (self.stop.is_set()
@@ -316,6 +353,7 @@ class _Loop:
                 self.handle(self.drain())
             elif time.monotonic() - self._heard_at >= self.config.silence_s:
                 self.reconnect()
+            self.check_connections()
             if time.monotonic() - self._beat_at >= self.config.heartbeat_s:
                 self.heartbeat()
 
@@ -358,7 +396,8 @@ class _Loop:
                 # Upstream health and events reach viewers through the one scores socket.
                 self.out.send(raw, copy=False)
             else:
-                self.scorer.reject(protocol.ProtocolError(f"unexpected {msg.TYPE} on the frames socket"))
+                self.scorer.reject(protocol.ProtocolError(
+                    f"unexpected {msg.TYPE} message on the frames socket (stream {msg.stream!r})", UNEXPECTED_TYPE))
         self.flush(list(pending.values()))
 
     def flush(self, pending: list[_Pending]) -> None:
@@ -376,10 +415,14 @@ class _Loop:
                 self.out.send(item.raw, copy=False)
             self.out.send(protocol.encode(score))
             score = next(it, None)
+        for event in self.scorer.events:
+            self.out.send(protocol.encode(event))
+        self.scorer.events.clear()
 
-    def reconnect(self) -> None:
-        logger.debug("no message for %.1f s: reconnecting to %s", self.config.silence_s, ", ".join(self.config.sub))
-        for addr in self.config.sub:
+    def reconnect(self, addrs: Sequence[str] | None = None) -> None:
+        addrs = self.config.sub if addrs is None else addrs
+        logger.debug("reconnecting to %s", ", ".join(addrs))
+        for addr in addrs:
             try:
                 self.inp.disconnect(addr)
             except zmq.ZMQError:
@@ -387,6 +430,19 @@ class _Loop:
                 pass
             self.inp.connect(addr)
         self._heard_at = time.monotonic()
+
+    def check_connections(self) -> None:
+        """Reconnect at once where ZeroMQ closed a connection for good; say why in one line."""
+        for endpoint, reason in self.connections.poll():
+            if reason == "auth_failed":
+                self.scorer.reject_connection(
+                    "auth_failed", f"frames from {endpoint}: the CURVE handshake failed (is the capture's "
+                                   f"allow list holding our key, and --server-key the capture's key?)")
+                continue
+            self.scorer.reject(protocol.ProtocolError(
+                f"a message from {endpoint} over max_message_size ({self.config.max_message_size} bytes): ZeroMQ "
+                f"refused it unread and closed the connection; reconnected", protocol.KIND_OVERSIZED))
+            self.reconnect([endpoint] if endpoint in self.config.sub else None)
 
     def heartbeat(self) -> None:
         now = time.monotonic()
@@ -411,21 +467,24 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
     """
     from models.bundle import Bundle, load as load_bundle
 
-    net.check_bind_address(config.pub, allow_remote=config.allow_remote)
+    name = config.key_name or "worker"
+    server = keys.server_keys(config.keys, name, config.allow)
+    client = keys.client_keys(config.keys, name, "capture", config.server_key)
+    net.check_bind_address(config.pub, allow_remote=config.allow_remote, encrypted=server is not None)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     runtime = bundle.runtime()
     # Trace every compiled path now, not on the first frames of a stream.
     runtime.warm_up()
-    scorer = Scorer(runtime, bundle.threshold, bundle.model_id)
+    scorer = Scorer(runtime, bundle.threshold, bundle.model_id, warn_interval_s=config.warn_interval_s)
     stop = stop_event if stop_event is not None else threading.Event()
     kind = zmq.SUB if config.mode == "live" else zmq.PULL
     # Lossless needs room for a full batch to form in the queue; live wants a short queue of fresh frames.
     hwm = net.DEFAULT_HWM if config.mode == "live" else max(net.DEFAULT_HWM, 2 * config.max_batch)
     started = time.monotonic()
-    with net.socket(kind, connect=config.sub[0], hwm=hwm, max_size=config.max_message_size) as inp, \
+    with net.socket(kind, connect=config.sub[0], hwm=hwm, max_size=config.max_message_size, curve=client) as inp, \
             net.socket(zmq.PUB, bind=config.pub, hwm=4 * hwm, linger=_SCORES_LINGER_MS,
-                       allow_remote=config.allow_remote) as out:
+                       allow_remote=config.allow_remote, curve=server) as out:
         for addr in config.sub[1:]:
             inp.connect(addr)
         logger.info("worker %s (%s, threshold %.3f): %s from %s, scores on %s", bundle.model_id,
@@ -435,6 +494,8 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
             loop.run()
         except KeyboardInterrupt:
             logger.info("worker interrupted")
+        finally:
+            loop.connections.close()
         loop.heartbeat()
     logger.info("worker: %d frames in, %d scored, %d dropped, %d rejected", scorer.frames_in,
                 scorer.frames_out, scorer.dropped, sum(scorer.rejected.values()))
@@ -466,6 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="allow binding a non-loopback scores address (not encrypted)")
     p.add_argument("--exit-after-eos", type=int, help="exit after this many ends of stream")
     p.add_argument("--max-frames", type=int, help="exit after scoring this many frames")
+    keys.add_flags(p, name="worker", server=True, client="capture")
     p.add_argument("--config", help="TOML file with a [worker] table")
     args = p.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
@@ -473,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"sub": _addresses(args.sub), "pub": args.pub, "mode": args.mode, "max_batch": args.max_batch,
                  "max_message_size": args.max_message_size, "heartbeat_s": args.heartbeat_s,
                  "forward_frames": args.forward_frames, "allow_remote": args.allow_remote,
-                 "exit_after_eos": args.exit_after_eos}
+                 "exit_after_eos": args.exit_after_eos, "keys": args.keys, "key_name": args.key_name,
+                 "allow": args.allow, "server_key": args.server_key}
 
     def work() -> int:
         config = load(WorkerConfig, "worker", args.config, overrides)

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tools.cli import main
 
 
@@ -33,3 +35,59 @@ def test_bad_flag_value_names_flag_and_allowed_values(capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "tools.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: fetalhead" in result.stdout
+
+
+# Every subcommand: a bad flag is a usage error (exit 2) naming the flag and what it takes;
+# a bad value in its TOML table is exit 1 naming the setting and what is allowed.
+BAD_FLAGS = [
+    (["model", "info", "--image-size", "big"], "argument --image-size: invalid int value: 'big'"),
+    (["synth", "{tmp}/out", "--scans", "many"], "argument --scans: invalid int value: 'many'"),
+    (["data", "check", "{tmp}", "--window", "x"], "argument --window: invalid int value: 'x'"),
+    (["train", "{tmp}", "--out", "{tmp}/run", "--threshold-rule", "max"],
+     "argument --threshold-rule: invalid choice: 'max' (choose from 'youden', 'f1')"),
+    (["evaluate", "m.fhb", "{tmp}", "--out", "{tmp}/eval", "--cache-dir"],
+     "argument --cache-dir: expected one argument"),
+    (["capture", "synthetic", "--mode", "fast"], "argument --mode: invalid choice: 'fast' (choose from 'live', 'lossless')"),
+    (["worker", "--model", "m.fhb", "--batch", "x"], "argument --batch: invalid int value: 'x'"),
+    (["watch", "--interval", "often"], "argument --interval: invalid float value: 'often'"),
+    (["record", "--fps", "fast"], "argument --fps: invalid float value: 'fast'"),
+    (["run", "synthetic", "--mode", "fast"], "argument --mode: invalid choice: 'fast' (choose from 'live', 'lossless')"),
+    (["keys"], "the following arguments are required: folder"),
+]
+BAD_TABLES = [
+    (["model", "info"], "[model]\nwindow = 0\n", "window: must be >= 1, got 0"),
+    (["synth", "{tmp}/out"], "[synth]\nscans = 0\n", "scans: must be >= 1, got 0"),
+    (["data", "check", "{tmp}"], "[data]\nwindow = 0\n", "window: must be >= 1, got 0"),
+    (["train", "{tmp}", "--out", "{tmp}/run"], "[train]\nfolds = 1\n", "folds: must be >= 2, got 1"),
+    (["evaluate", "m.fhb", "{tmp}", "--out", "{tmp}/eval"], "[evaluate]\nbatch = 0\n",
+     "evaluate.batch: unknown setting (known: "),
+    (["capture", "synthetic"], '[capture]\nmode = "fast"\n', "capture.mode: 'fast' is not one of 'live', 'lossless'"),
+    (["worker", "--model", "m.fhb"], "[worker]\nwarn_interval_s = -1\n", "warn_interval_s: must be >= 0, got -1"),
+    (["watch"], "[watch]\ninterval_s = 0\n", "interval_s: must be > 0, got 0.0"),
+    (["record"], '[record]\ncsv = "s.csv"\nfps = 0\n', "fps: must be in (0, 1000], got 0.0"),
+    (["run", "synthetic", "--model", "m.fhb"], "[run]\nrestarts = -1\n", "restarts: must be >= 0, got -1"),
+    (["capture", "synthetic"], '[capture]\nallow = "keys/"\n', "allow: needs keys (--keys DIR) to turn CURVE on"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS, ids=[a[0] for a, _ in BAD_FLAGS])
+def test_a_bad_flag_of_every_command_is_one_usage_line(argv, message, tmp_path, capsys):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fetalhead {' '.join(argv[:2] if argv[0] in ('model', 'data') else argv[:1])}: error: {message}"
+
+
+@pytest.mark.parametrize(("argv", "table", "message"), BAD_TABLES, ids=[a[0] for a, _, _ in BAD_TABLES])
+def test_a_bad_value_in_every_commands_config_table_is_one_line(argv, table, message, tmp_path, capsys):
+    config = tmp_path / "fetalhead.toml"
+    config.write_text(table)
+    assert main([a.format(tmp=tmp_path) for a in argv] + ["--config", str(config)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fetalhead: error: {message}") and "\n" not in err
+
+
+def test_every_command_is_covered():
+    from tools.cli import COMMANDS
+
+    covered = {argv[0] for argv, _ in BAD_FLAGS}
+    assert covered == set(COMMANDS) - {"demo", "bench"}

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("stream.watch", "live view of the scores of every stream"),
     "record": ("stream.record", "write scores to CSV and annotated frames to a video"),
     "run": ("stream.run", "capture, worker and viewer as supervised processes"),
+    "keys": ("stream.keys", "make CURVE key pairs to encrypt and authenticate the stream links"),
     "demo": ("tools.demo", "synthetic data -> k-fold training -> live replay of a held-out scan"),
     "bench": ("tools.bench", "benchmarks as ratios against baselines measured in the same run"),
 }

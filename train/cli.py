@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from models.config import BACKBONES, ConfigError, ModelConfig, load
 from models.errors import FetalheadError
 from tools.cli import parser as make_parser, run
+from train.files import copy_file, copy_tree, write_json
 
 MODEL_FLAGS = ("backbone", "weights", "image_size", "window", "roi")
 TRAIN_FLAGS = ("folds", "fold", "epochs", "final_epochs", "batch_size", "learning_rate", "patience", "stride",
@@ -94,18 +94,16 @@ def merge(runs: list[str], out: str) -> int:
             results.setdefault(result["fold"], result)
             target = out_path / "folds" / f"fold_{result['fold']}"
             if target.resolve() != result_path.parent.resolve():
-                shutil.copytree(result_path.parent, target, dirs_exist_ok=True)
+                copy_tree(result_path.parent, target, last="result.json")
         if (run_dir / "folds.csv").exists() and not (out_path / "folds.csv").exists():
-            out_path.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "folds.csv", out_path / "folds.csv")
+            copy_file(run_dir / "folds.csv", out_path / "folds.csv")
     assert identity is not None
     expected = identity["train_split"]["folds"]
     missing = sorted(set(range(expected)) - set(results))
     if missing:
         raise FetalheadError(f"merge: folds {', '.join(map(str, missing))} of {expected} have no result yet")
     ordered = [results[i] for i in range(expected)]
-    out_path.mkdir(parents=True, exist_ok=True)
-    (out_path / "run.json").write_text(json.dumps(identity, indent=2))
+    write_json(out_path / "run.json", identity)
     from models.config import from_mapping
     from train.config import TrainConfig
 

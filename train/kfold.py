@@ -39,7 +39,8 @@ from train.config import TrainConfig
 from train.data import Scan, load_dataset
 from train.folds import scan_folds
 from train.metrics import binary_metrics, choose_threshold
-from train.trainer import WindowBatches, build_trainable, fit, read_history, write_json
+from train.files import replacing, write_json
+from train.trainer import WindowBatches, build_trainable, fit, read_history
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,8 @@ def run_fold(out: Path, index: int, train_scans: list[str], val_scans: list[str]
     threshold = choose_threshold(train_scores["label"], train_scores["score"], train_config.threshold_rule)
     predictions = score_scans(runtime, val_data, images=images)
     predictions["fold"] = index
-    predictions.to_csv(folder / "predictions.partial.csv", index=False)
-    (folder / "predictions.partial.csv").replace(folder / "predictions.csv")
+    with replacing(folder / "predictions.csv") as tmp:
+        predictions.to_csv(tmp, index=False)
     val_loss = history["val_loss"] if "val_loss" in history else pd.Series(dtype=float)
     best_epoch = int(val_loss.idxmin()) + 1 if len(val_loss.dropna()) else len(history)
     result = {
@@ -251,7 +252,8 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
                   for i, (_, val) in enumerate(folds) for scan in val]
     assignment += [{"scan": scan, "fold": "holdout", "frames": len(data[scan].labels),
                     "head": int(data[scan].labels.sum())} for scan in train_config.holdout]
-    pd.DataFrame(assignment).to_csv(out / "folds.csv", index=False)
+    with replacing(out / "folds.csv") as tmp:
+        pd.DataFrame(assignment).to_csv(tmp, index=False)
 
     todo = range(train_config.folds) if train_config.fold is None else [train_config.fold]
     results = [run_fold(out, i, *folds[i], data, model_config, train_config, extractor) for i in todo]

@@ -5,8 +5,6 @@ Shared by ``fetalhead train``, ``fetalhead train merge`` and ``fetalhead evaluat
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,20 +19,24 @@ from sklearn import metrics as skm  # noqa: E402
 
 from models.config import ModelConfig, to_dict, to_toml  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
+from train.files import copy_file, replacing, write_text  # noqa: E402
 from train.metrics import METRIC_NAMES, binary_metrics  # noqa: E402
 from train.trainer import read_history  # noqa: E402
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".partial.csv")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
+
+
+def _save_figure(fig, path: Path) -> None:
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
 
 
 def per_scan_rows(predictions: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -68,8 +70,7 @@ def _plot_curves(predictions: pd.DataFrame, path_roc: Path, path_pr: Path) -> No
     for fig, ax, path in ((fig_roc, ax_roc, path_roc), (fig_pr, ax_pr, path_pr)):
         ax.legend(fontsize=7, loc="lower right" if ax is ax_roc else "lower left")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save_figure(fig, path)
 
 
 def _plot_confusion(labels: np.ndarray, scores: np.ndarray, threshold: float, path: Path) -> None:
@@ -82,8 +83,7 @@ def _plot_confusion(labels: np.ndarray, scores: np.ndarray, threshold: float, pa
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["Not-Head", "Head"], yticklabels=["Not-Head", "Head"],
            xlabel="predicted", ylabel="true", title=f"threshold {threshold:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _plot_training(histories: dict[str, pd.DataFrame], path: Path) -> None:
@@ -98,8 +98,7 @@ def _plot_training(histories: dict[str, pd.DataFrame], path: Path) -> None:
     ax.set(xlabel="epoch", ylabel="focal loss", title="Training curves")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -152,7 +151,7 @@ def write_report(out: Path, model_config: ModelConfig, train_config: TrainConfig
         tables["train"] = to_dict(train_config)
     _write_text(to_toml(tables), folder / "config.toml")
     if (Path(out) / "folds.csv").exists():
-        shutil.copyfile(Path(out) / "folds.csv", folder / "folds.csv")
+        copy_file(Path(out) / "folds.csv", folder / "folds.csv")
     predictions = pd.concat([oof, holdout], ignore_index=True) if holdout is not None else oof
     _write_csv(predictions[["scan", "frame", "label", "score", "fold"]], folder / "predictions.csv")
     metrics = metrics_table(results, oof, threshold, holdout)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +16,7 @@ from models.cnn_lstm import build_cnn_lstm, build_temporal_head
 from models.config import ModelConfig
 from train.config import TrainConfig
 from train.data import windows
+from train.files import replacing, write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,6 @@ class WindowBatches(keras.utils.PyDataset):
         return x, y
 
 
-def write_json(path: Path, value) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(value, fh, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 class BestAndPatience(keras.callbacks.Callback):
     """Early stopping on validation loss that survives a restart.
 
@@ -109,9 +99,8 @@ class BestAndPatience(keras.callbacks.Callback):
         loss = (logs or {}).get("val_loss")
         if loss is not None and math.isfinite(loss) and loss < self.best:
             self.best, self.best_epoch = float(loss), epoch
-            tmp = self.folder / "best.partial.weights.h5"
-            self.model.save_weights(tmp)
-            os.replace(tmp, self.weights_path)
+            with replacing(self.weights_path) as tmp:
+                self.model.save_weights(tmp)
         write_json(self.state_path, {"best": self.best, "best_epoch": self.best_epoch, "epoch": epoch})
         if self.patience is not None and epoch - self.best_epoch >= self.patience:
             log.info("early stopping at epoch %d: best val_loss %.5f at epoch %d", epoch + 1, self.best,
@@ -121,6 +110,25 @@ class BestAndPatience(keras.callbacks.Callback):
     def restore_best(self) -> None:
         if self.weights_path.exists():
             self.model.load_weights(self.weights_path)
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """The per-epoch log (epoch, losses) in a CSV file that is rewritten whole after every epoch.
+
+    Keras's CSVLogger appends, so a kill in the middle of a line would leave
+    a torn row for the resumed run to read; a rewrite through ``replacing``
+    leaves the previous epoch's file or the new one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.rows = read_history(path).to_dict("records")
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}})
+        with replacing(self.path) as tmp:
+            pd.DataFrame(self.rows).to_csv(tmp, index=False)
 
 
 class EpochBar(keras.callbacks.Callback):
@@ -184,7 +192,7 @@ def fit(model: keras.Model, folder: Path, train_data: WindowBatches, val_data: W
     best = BestAndPatience(folder, patience if val_data is not None else None)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(folder / "backup"), double_checkpoint=True),
-        keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True),
+        HistoryLog(folder / "history.csv"),
         best,
         EpochBar(description, epochs, train_config.progress),
     ]
@@ -201,8 +209,8 @@ def fit(model: keras.Model, folder: Path, train_data: WindowBatches, val_data: W
                       validation_data=val_data.arrays() if val_data is not None else None, verbose=0)
         else:
             model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks, verbose=0)
-        model.save_weights(folder / "fitted.partial.weights.h5")
-        os.replace(folder / "fitted.partial.weights.h5", fitted)
+        with replacing(fitted) as tmp:
+            model.save_weights(tmp)
     else:
         # Build the optimizer so its saved state loads too, as BackupAndRestore does.
         model.optimizer.build(model.trainable_variables)

@@ -88,3 +88,48 @@ def test_config_that_does_not_match_the_weights(bundle_path, tmp_path):
 def test_bundle_is_written_atomically(bundle_path, tiny_config, tiny_models):
     assert not list(bundle_path.parent.glob("*.partial"))
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["model.fhb"]
+
+
+def test_extra_members_are_never_read_or_extracted(bundle_path, tmp_path):
+    """Only weights and bundle.json are read: a pickle, code or a path-escaping name in the zip is ignored."""
+    laden = tmp_path / "laden.fhb"
+    with zipfile.ZipFile(bundle_path) as zin, zipfile.ZipFile(laden, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item, zin.read(item.filename))
+        zout.writestr("model.pkl", b"\x80\x04cos\nsystem\n(S'touch pwned'\ntR.")
+        zout.writestr("__init__.py", "raise SystemExit('code from a bundle ran')")
+        zout.writestr("../escaped.txt", "outside")
+    bundle = load(laden)
+    assert bundle.threshold == pytest.approx(0.37)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"config": "vgg19"}, "bundle.json config must be a table of model settings, got 'vgg19'"),
+    ({"threshold": "0.5"}, "bundle.json threshold must be a number in [0, 1], got '0.5'"),
+    ({"threshold": 7}, "bundle.json threshold must be a number in [0, 1], got 7"),
+    ({"threshold": True}, "bundle.json threshold must be a number in [0, 1], got True"),
+    ({"class_names": ["Head"]}, "bundle.json class_names must be two class names, got ['Head']"),
+    ({"feature_dim": "64"}, "bundle.json feature_dim must be an integer, got '64'"),
+    ({"info": [1, 2]}, "bundle.json info must be a table, got [1, 2]"),
+    ({"format_version": True}, "format_version missing or not an integer"),
+])
+def test_bundle_json_fields_of_unexpected_types_are_rejected_in_one_line(bundle_path, tmp_path, change, message):
+    odd = _rewrite_meta(bundle_path, tmp_path / "odd.fhb", lambda m: m.update(change))
+    with pytest.raises(BundleError) as info:
+        load(odd)
+    assert message in str(info.value) and str(odd) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_member_claiming_a_huge_size_is_refused_before_reading(bundle_path, tmp_path):
+    bomb = tmp_path / "bomb.fhb"
+    with zipfile.ZipFile(bundle_path) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "bundle.json":
+                meta = json.loads(data)
+                meta["info"]["padding"] = " " * (2 << 20)
+                data = json.dumps(meta).encode()
+            zout.writestr(item.filename, data)
+    with pytest.raises(BundleError, match=r"bundle.json is \d+ bytes unpacked, more than the 1048576"):
+        read_meta(bomb)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from models.errors import FetalheadError
 from stream.protocol import (
     DEFAULT_MAX_SIZE,
+    KINDS,
     EndOfStream,
     Frame,
     Heartbeat,
@@ -248,6 +249,29 @@ def test_bad_messages_raise_one_line_protocol_errors(data, match):
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
 
 
+KIND_OF = {"not-msgpack": "not_msgpack", "truncated": "not_msgpack", "ext-type": "not_msgpack",
+           "no-separator": "no_topic", "bad-topic-characters": "no_topic", "topic-not-utf8": "no_topic",
+           "not-a-map": "not_a_map", "no-version": "version", "version-2": "version", "version-str": "version",
+           "unknown-type": "unknown_type", "missing-seq": "bad_field", "topic-mismatch": "bad_field",
+           "dtype": "bad_field", "pixels-length": "bad_pixels", "zero-dim": "empty_frame", "no-pixels": "empty_frame",
+           "compressed-oversized": "oversized"}
+
+
+@pytest.mark.parametrize(("data", "kind"), [pytest.param(p.values[0], KIND_OF[p.id], id=p.id)
+                                           for p in BAD if p.id in KIND_OF])
+def test_each_rejection_has_a_kind_that_does_not_depend_on_its_wording(data, kind):
+    with pytest.raises(ProtocolError) as info:
+        decode(data)
+    assert info.value.kind == kind and kind in KINDS
+
+
+def test_an_oversized_message_is_of_kind_oversized():
+    data = encode(SAMPLE_FRAME)
+    with pytest.raises(ProtocolError) as info:
+        decode(data, max_size=len(data) - 1)
+    assert info.value.kind == "oversized"
+
+
 def _compressed(encoding: str, shape: tuple[int, ...], pixels: bytes) -> Frame:
     return Frame("probe1", 0, 1.0, None, shape, "uint8", encoding, None, pixels)
 
@@ -327,25 +351,17 @@ VALID = [encode(p.values[0]) for p in MESSAGES] + [
 
 
 def _decode_fully(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> None:
-    """decode, and decode the image of a frame: only ProtocolError may escape."""
+    """decode, and decode the image of a frame: only ProtocolError, of a known kind, may escape."""
     try:
         msg = decode(data, max_size=max_size)
         if isinstance(msg, Frame):
             msg.image()
-    except ProtocolError:
-        pass
+    except ProtocolError as exc:
+        assert exc.kind in KINDS, exc.kind
 
 
-@FUZZ
-@given(st.binary(max_size=512))
-def test_decode_of_arbitrary_bytes_raises_only_protocol_errors(data):
-    _decode_fully(data)
-    _decode_fully(b"probe1\x00" + data)
-
-
-@FUZZ
-@given(st.sampled_from(VALID), st.data())
-def test_decode_of_mutated_messages_raises_only_protocol_errors(valid, data):
+def _mutate(valid: bytes, data) -> bytes:
+    """``valid`` with 1 to 4 random byte flips, truncations, insertions or deletions."""
     buf = bytearray(valid)
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
@@ -358,7 +374,34 @@ def test_decode_of_mutated_messages_raises_only_protocol_errors(valid, data):
             buf[at:at] = data.draw(st.binary(min_size=1, max_size=8))
         elif buf:
             del buf[at:at + data.draw(st.integers(1, 8))]
-    _decode_fully(bytes(buf), max_size=data.draw(st.sampled_from([64, 1024, DEFAULT_MAX_SIZE])))
+    return bytes(buf)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_decode_of_arbitrary_bytes_raises_only_protocol_errors(data):
+    _decode_fully(data)
+    _decode_fully(b"probe1\x00" + data)
+
+
+@FUZZ
+@given(st.sampled_from(VALID), st.data())
+def test_decode_of_mutated_messages_raises_only_protocol_errors(valid, data):
+    _decode_fully(_mutate(valid, data), max_size=data.draw(st.sampled_from([64, 1024, DEFAULT_MAX_SIZE])))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(VALID), st.data())
+def test_decode_of_mutated_messages_allocates_nothing_beyond_the_cap(valid, data):
+    """A flipped length prefix may claim gigabytes; decoding still allocates about the message's own size."""
+    buf = _mutate(valid, data)
+    tracemalloc.start()
+    try:
+        _decode_fully(buf, max_size=4096)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
 
 
 _MSGPACK_VALUES = st.recursive(

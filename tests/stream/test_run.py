@@ -220,12 +220,16 @@ def test_default_stream_ids():
 # --- end to end -----------------------------------------------------------------------
 
 
-def test_run_lossless_file_to_csv(tmp_path, video, tiny_bundle_path):
-    """Capture, worker and recorder as real processes; 40 frames in, 40 scores in the CSV, nothing left."""
+def test_run_lossless_file_to_csv_over_curve(tmp_path, video, tiny_bundle_path):
+    """Capture, worker and recorder as real processes, every link CURVE-encrypted with the keys
+    of ``fetalhead keys``; 40 frames in, 40 scores in the CSV, nothing left."""
+    from stream.keys import DEFAULT_NAMES, make_keys
+
+    make_keys(tmp_path / "keys", DEFAULT_NAMES)
     clip = video(40, name="clip")
     out = tmp_path / "scores.csv"
     config = RunConfig(source=str(clip), model=str(tiny_bundle_path), mode="lossless", csv=out, watch=False,
-                       fast=True, restarts=0)
+                       fast=True, restarts=0, keys=tmp_path / "keys")
     stop = threading.Event()
     # The run's own timeout: a hung pipeline fails the test instead of hanging it.
     timer = threading.Timer(90.0, stop.set)
@@ -243,8 +247,20 @@ def test_run_lossless_file_to_csv(tmp_path, video, tiny_bundle_path):
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
 
 
-def test_run_main_reports_a_bad_setting(capsys):
+def test_run_main_reports_a_bad_setting(capsys, tmp_path):
     from stream.run import main
 
     assert main(["clip.avi"]) == 1
     assert "model: give --model BUNDLE" in capsys.readouterr().err
+    # Missing keys are found before any process starts.
+    assert main(["clip.avi", "--model", "m.fhb", "--keys", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fetalhead: error: keys: {tmp_path}/capture.key_secret not found (make key pairs with: "
+                   f"fetalhead keys {tmp_path} --name capture)")
+
+
+def test_keys_reach_every_child():
+    config = RunConfig(source="0", model="m.fhb", csv=Path("s.csv"), keys=Path("site keys"))
+    for spec in build_specs(config, "tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"):
+        args = _args(spec)
+        assert args[args.index("--keys") + 1] == "site keys", spec.name

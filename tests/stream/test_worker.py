@@ -111,7 +111,9 @@ def test_dropped_frames_are_reported_per_stream(scorer):
     (b"no separator at all", "no_topic"),
     (b"cam\x00\xc1\xc1", "not_msgpack"),
     (b"cam\x00" + msgpack.packb({"v": 99, "type": "frame", "stream": "cam"}), "version"),
-    (b"cam\x00" + msgpack.packb({"v": 1, "type": "frame", "stream": "cam"}), "bad_message"),
+    (b"cam\x00" + msgpack.packb({"v": 1, "type": "frame", "stream": "cam"}), "bad_field"),
+    (b"cam\x00" + msgpack.packb([1, "frame"]), "not_a_map"),
+    (b"cam\x00" + msgpack.packb({"v": 1, "type": "picture", "stream": "cam"}), "unknown_type"),
     (b"cam\x00" + b"\x00" * 5000, "oversized"),
 ])
 def test_rejection_classes(data, key):
