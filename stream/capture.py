@@ -169,12 +169,15 @@ class CaptureStats:
 class _Publisher:
     """The capture's socket: frames, ends of stream, statuses and heartbeats.
 
-    Sends that must arrive (lossless frames, the end of stream) wait for room
-    in the queue but give up when ``stop`` is set; heartbeats never wait.
+    Sends that must arrive (lossless frames and statuses, the end of stream)
+    wait for room in the queue but give up when ``stop`` is set; heartbeats
+    never wait.
     """
 
-    def __init__(self, sock: zmq.Socket, stream: str, stop: threading.Event, heartbeat_s: float) -> None:
+    def __init__(self, sock: zmq.Socket, stream: str, stop: threading.Event, heartbeat_s: float, *,
+                 lossless: bool = False) -> None:
         self.sock = sock
+        self.lossless = lossless
         self.stream = stream
         self.stop = stop
         self.heartbeat_s = heartbeat_s
@@ -218,7 +221,8 @@ class _Publisher:
         return not self.stop.is_set()
 
     def status(self, level: str, message: str) -> None:
-        self.send(protocol.encode(protocol.Status(self.stream, level, message, time.time())), wait=False)
+        """Publish an event; in lossless mode it waits for room like a frame (live drops it when full)."""
+        self.send(protocol.encode(protocol.Status(self.stream, level, message, time.time())), wait=self.lossless)
 
     def beat_if_due(self) -> None:
         now = time.monotonic()
@@ -273,7 +277,7 @@ def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
     something fails for good (the error then propagates).
     """
     server = keys.server_keys(config.keys, config.key_name or "capture", config.allow)
-    net.check_bind_address(config.pub, allow_remote=config.allow_remote, encrypted=server is not None)
+    net.check_bind_address(config.pub, allow_remote=config.allow_remote, log_remote=False)
     stop = stop_event if stop_event is not None else threading.Event()
     lossless = config.mode == "lossless"
     src = source if isinstance(source, Source) else open_source(source, fps=config.fps, loop=config.loop)
@@ -290,7 +294,7 @@ def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
                         allow_remote=config.allow_remote, curve=server) as sock:
             logger.info("capture %s: %s on %s, %s, %s", stream, "PUSH" if lossless else "PUB", config.pub,
                         config.mode, "fast" if config.fast else f"{config.fps or src.fps or 0:g} fps")
-            pub = _Publisher(sock, stream, stop, config.heartbeat_s)
+            pub = _Publisher(sock, stream, stop, config.heartbeat_s, lossless=lossless)
             src.on_warning = lambda message: pub.status("warning", message)
             reason = "error"
             try:
@@ -368,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--loop", action="store_true", default=None, help="replay a file or scan folder endlessly")
     p.add_argument("--encoding", choices=("raw", "jpeg", "png"), help="pixel encoding on the wire (default raw)")
     p.add_argument("--allow-remote", action="store_true", default=None,
-                   help="allow binding a non-loopback address (frames are not encrypted)")
+                   help="allow binding a non-loopback address (frames are encrypted only with --keys)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     keys.add_flags(p, name="capture", server=True)
     p.add_argument("--config", help="TOML file with a [capture] table")

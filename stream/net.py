@@ -77,14 +77,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind_address(addr: str, *, allow_remote: bool, encrypted: bool = False) -> None:
+def check_bind_address(addr: str, *, allow_remote: bool, encrypted: bool = False, log_remote: bool = True) -> None:
     """Refuse to bind ``addr`` where other machines can reach it, unless ``allow_remote``.
 
     Local: ``ipc://``, ``inproc://``, and ``tcp://`` on 127.x.x.x, ``localhost``
     or ``[::1]``. Anything else (``tcp://*:5555``, ``tcp://0.0.0.0:5555``, an
     interface or host name, multicast transports) raises ConfigError, or with
     ``allow_remote`` logs a warning unless ``encrypted`` (CURVE is on): frames
-    are patient images.
+    are patient images. ``log_remote=False`` only checks, for a caller that
+    checks early and binds through ``socket`` (which logs) later.
     """
     scheme, sep, _ = addr.partition("://")
     if not sep:
@@ -96,6 +97,8 @@ def check_bind_address(addr: str, *, allow_remote: bool, encrypted: bool = False
     if not allow_remote:
         raise ConfigError(f"address {addr!r}: not a loopback address; binding it exposes frames to the network, "
                           f"so it needs allow_remote (--allow-remote), and --keys DIR to encrypt them")
+    if not log_remote:
+        return
     if encrypted:
         log.info("binding %s: reachable from other machines; CURVE-encrypted, only allowed keys connect", addr)
     else:
@@ -160,6 +163,8 @@ def _apply_curve(sock: zmq.Socket, curve: ServerKeys | ClientKeys) -> None:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
         sock.setsockopt_string(zmq.ZAP_DOMAIN, _zap_domain(curve))
+        # Fail closed: without a ZAP handler (stopped at exit) libzmq would admit any client.
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
     else:
         sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)

@@ -267,10 +267,10 @@ class WorkerConfig:
     a connection ZeroMQ closed after refusing an oversized message is
     reconnected as soon as that is seen). A flood of bad messages is logged
     once per rejection class every ``warn_interval_s`` (all are counted).
-    ``keys`` turns CURVE on for both
-    sockets (see ``stream.keys``): the worker's key pair ``key_name``
-    (default ``worker``), clients allowed from ``allow``, the capture's
-    public key ``server_key`` (default ``keys/capture.key``).
+    ``keys`` turns CURVE on for both sockets (see ``stream.keys``): the
+    worker's key pair ``key_name`` (default ``worker``), clients allowed
+    from ``allow``, the capture's public key ``server_key`` (default
+    ``keys/capture.key``).
     """
 
     sub: tuple[str, ...] = (net.DEFAULT_PUB,)
@@ -470,7 +470,7 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
     name = config.key_name or "worker"
     server = keys.server_keys(config.keys, name, config.allow)
     client = keys.client_keys(config.keys, name, "capture", config.server_key)
-    net.check_bind_address(config.pub, allow_remote=config.allow_remote, encrypted=server is not None)
+    net.check_bind_address(config.pub, allow_remote=config.allow_remote, log_remote=False)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     runtime = bundle.runtime()
@@ -524,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--forward-frames", action="store_true", default=None,
                    help="also publish each frame on the scores socket, before its score")
     p.add_argument("--allow-remote", action="store_true", default=None,
-                   help="allow binding a non-loopback scores address (not encrypted)")
+                   help="allow binding a non-loopback scores address (encrypted only with --keys)")
     p.add_argument("--exit-after-eos", type=int, help="exit after this many ends of stream")
     p.add_argument("--max-frames", type=int, help="exit after scoring this many frames")
     keys.add_flags(p, name="worker", server=True, client="capture")

@@ -40,7 +40,7 @@ from train.data import Scan, load_dataset
 from train.folds import scan_folds
 from train.metrics import binary_metrics, choose_threshold
 from train.files import replacing, write_json
-from train.trainer import WindowBatches, build_trainable, fit, read_history
+from train.trainer import WindowBatches, build_trainable, fit
 
 log = logging.getLogger(__name__)
 
