@@ -226,6 +226,9 @@ class ModelConfig:
         check(self.backbone in BACKBONES,
               f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         check(32 <= self.image_size <= 1024, f"image_size: must be 32..1024, got {self.image_size}")
+        # tiny halves the image six times (three strided convolutions, three poolings).
+        check(self.backbone != "tiny" or self.image_size >= 43,
+              f"image_size: backbone tiny needs at least 43, got {self.image_size}")
         check(self.window >= 1, f"window: must be >= 1, got {self.window}")
         check(all(u >= 1 for u in self.lstm_units), f"lstm_units: must be >= 1, got {self.lstm_units}")
         check(self.dense_units >= 1, f"dense_units: must be >= 1, got {self.dense_units}")
