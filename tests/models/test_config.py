@@ -31,6 +31,7 @@ def test_toml_then_overrides(tmp_path):
     ({"lstm_units": [1]}, "lstm_units: expected 2 values, got 1"),
     ({"roi": "1,2,3"}, "roi: '1,2,3' is not 'auto', 'none' or 'x,y,w,h'"),
     ({"colour": 1}, "colour: unknown setting"),
+    ({"backbone": "tiny", "image_size": 40}, "image_size: backbone tiny needs at least 43, got 40"),
 ])
 def test_bad_values_are_one_line_naming_the_setting(values, message):
     with pytest.raises(ConfigError) as info:

@@ -57,9 +57,9 @@ def test_aspect_ratio_is_kept_by_padding():
     ("efficientnetb0", 0.0, 255.0),
 ])
 def test_value_range_is_the_backbones(backbone, low, high):
-    config = ModelConfig(backbone=backbone, image_size=32, roi="none")
-    frame = np.zeros((32, 32), np.uint8)
-    frame[:, 16:] = 255
+    config = ModelConfig(backbone=backbone, image_size=48, roi="none")
+    frame = np.zeros((48, 48), np.uint8)
+    frame[:, 24:] = 255
     out = preprocess(frame, config)
     assert out.min() == pytest.approx(low) and out.max() == pytest.approx(high)
 
@@ -96,5 +96,5 @@ def test_batch_equals_one_by_one(rng):
 ])
 def test_bad_frames_are_named(frame, message):
     with pytest.raises(ValueError) as info:
-        preprocess(frame, ModelConfig(backbone="tiny", image_size=32))
+        preprocess(frame, ModelConfig(backbone="tiny", image_size=48))
     assert message in str(info.value)
