@@ -10,7 +10,7 @@
 
 The training settings differ from the seed's on purpose: a few hundred
 frames and a dozen epochs cannot move Adam at 1e-5, so the demo trains at 1e-3
-on windows taken every fourth frame (training steps here cost about the same
+on windows taken every second frame (training steps here cost about the same
 at any batch size, so fewer steps is what makes it quick).
 """
 
@@ -33,8 +33,8 @@ class DemoConfig:
     height: int = 144
     width: int = 192
     folds: int = 4
-    epochs: int = 10
-    stride: int = 4
+    epochs: int = 12
+    stride: int = 2
     image_size: int = 64
     learning_rate: float = 1e-3
     watch: bool = True
