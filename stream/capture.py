@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -343,17 +342,10 @@ def process_scope() -> Iterator[threading.Event]:
     ZeroMQ drops them when a process just exits. It blocks while any socket
     is open, so only a ``main`` that owns its process uses this.
     """
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
-            signal.signal(sig, lambda *_: stop.set())
     try:
-        yield stop
+        with net.signal_stop() as stop:
+            yield stop
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         # The ZAP handler holds sockets of the context: term() would wait for it forever.
         net.stop_authenticator()
         net.context().term()

@@ -22,13 +22,15 @@ client keys of its allow list, checked by one ZAP handler per process
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import logging
+import signal
 import socket as pysocket
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -319,3 +321,24 @@ def free_tcp_address() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"tcp://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def signal_stop(signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+                ) -> Iterator[threading.Event]:
+    """A stop event that ``signals`` set instead of killing the process (main thread only).
+
+    The previous handlers come back on the way out. In another thread no
+    handler can be installed, so the event is only set by the caller.
+    """
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+        for sig in previous:
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

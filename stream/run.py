@@ -20,7 +20,6 @@ there is neither.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -33,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import zmq
 
@@ -447,22 +446,6 @@ def run_pipeline(config: RunConfig, stop_event: threading.Event | None = None, *
     return RunResult(code, tuple(supervisor.pids), supervisor.restarts())
 
 
-@contextlib.contextmanager
-def _signals_stop() -> Iterator[threading.Event]:
-    """A stop event that SIGINT and SIGTERM set (in the main thread), so children are always stopped."""
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        for sig in previous:
-            signal.signal(sig, lambda *_: stop.set())
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = make_parser("run", "Run capture, worker and viewer/recorder as supervised processes.")
     p.add_argument("source", help="device index (0), video file, scan folder, or 'synthetic'")
@@ -495,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         config = load(RunConfig, "run", args.config, overrides)
-        with _signals_stop() as stop:
+        with net.signal_stop((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as stop:
             return run_pipeline(config, stop).exit_code
 
     return run(work, verbose=args.verbose)
