@@ -14,7 +14,7 @@ from train.files import copy_file, copy_tree, write_json
 
 MODEL_FLAGS = ("backbone", "weights", "image_size", "window", "roi")
 TRAIN_FLAGS = ("folds", "fold", "epochs", "final_epochs", "batch_size", "learning_rate", "patience", "stride",
-               "seed", "holdout", "threshold_rule", "train_backbone", "cache_dir", "early_stopping", "progress")
+               "seed", "holdout", "threshold_rule", "train_backbone", "cache_dir", "early_stopping", "progress", "xla")
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -149,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-backbone", action="store_const", const=True,
                    help="train the backbone too (no feature cache), for when no pretrained weights exist")
     p.add_argument("--cache-dir", help="feature cache folder (default $FETALHEAD_CACHE or ~/.cache/fetalhead)")
+    p.add_argument("--xla", choices=("auto", "on", "off"),
+                   help="compile training steps with XLA (default auto: for long runs of several heads)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     args = p.parse_args(argv)
 

@@ -15,7 +15,9 @@ class TrainConfig:
     ``fold`` runs that one fold alone (0-based) for runs spread over machines.
     ``final_epochs`` None means the median of the folds' best epochs.
     ``threshold_rule`` picks each fold's threshold on its training scans and
-    the bundle's threshold on the pooled out-of-fold scores.
+    the bundle's threshold on the pooled out-of-fold scores. ``xla`` compiles
+    the training step with XLA: "auto" does so for packs of several heads
+    long enough to repay the compile (see ``train.trainer.step_mode``).
     """
 
     folds: int = 5
@@ -36,6 +38,7 @@ class TrainConfig:
     train_backbone: bool = False
     cache_dir: str = ""
     extract_batch: int = 32
+    xla: Literal["auto", "on", "off"] = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ Layout of a run folder::
     folds.csv                scan -> fold assignment (and holdout scans)
     folds/fold_I/            history.csv, best.weights.h5, predictions.csv, result.json
     final/                   the model trained on every non-holdout scan
+    packs/NAME/backup/       Keras's backup of a pack being trained (train.trainer)
     model.fhb                the bundle the worker loads
     report/                  metrics, plots and report.md (train/report.py)
 
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from models.bundle import save as save_bundle
-from models.cnn_lstm import build_feature_extractor, build_temporal_head
+from models.cnn_lstm import build_cnn_lstm, build_feature_extractor, build_temporal_head
 from models.config import ConfigError, ModelConfig, to_dict
 from models.errors import FetalheadError
 from models.preprocess import preprocess_batch
@@ -40,7 +41,7 @@ from train.data import Scan, load_dataset
 from train.folds import scan_folds
 from train.metrics import binary_metrics, choose_threshold
 from train.files import replacing, write_json
-from train.trainer import WindowBatches, build_trainable, fit
+from train.trainer import Member, Windows, fit_pack, pack_steps, step_mode
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _check_run_folder(out: Path, identity: dict[str, Any]) -> None:
 def split_identity(train_config: TrainConfig) -> dict[str, Any]:
     """The settings that must agree for fold results to be combined."""
     settings = to_dict(train_config)
-    for free in ("fold", "progress", "cache_dir", "extract_batch", "final", "final_epochs"):
+    for free in ("fold", "progress", "cache_dir", "extract_batch", "final", "final_epochs", "xla"):
         settings.pop(free)
     return settings
 
@@ -146,69 +147,132 @@ def distribution_scope():
     return tf.distribute.MirroredStrategy().scope()
 
 
-def train_one(folder: Path, model_config: ModelConfig, train_config: TrainConfig, shared_extractor: keras.Model,
-              train_data: list[ScanData], val_data: list[ScanData], *, epochs: int, seed: int,
-              description: str) -> tuple[Runtime, pd.DataFrame]:
-    """Fit a head (and the backbone with --train-backbone) on ``train_data``."""
-    keras.utils.set_random_seed(seed)
+@dataclass
+class Job:
+    """One model to train: fold ``tag`` "fold_I" (with validation scans) or "final"."""
+
+    tag: str
+    name: str
+    folder: Path
+    train: list[ScanData]
+    val: list[ScanData]
+    epochs: int
+    seed: int
+
+
+def train_pack(out: Path, jobs: list[Job], model_config: ModelConfig, train_config: TrainConfig,
+               shared_extractor: keras.Model) -> list[tuple[Runtime, pd.DataFrame]]:
+    """Fit every job's head (and backbone, with --train-backbone) in one pack; (runtime, history) per job."""
+    sets = dict(window=model_config.window, stride=train_config.stride)
+    train_sets, val_sets = [], []
+    for job in jobs:
+        train_sets.append(Windows([d.inputs for d in job.train], [d.labels for d in job.train], **sets))
+        if len(train_sets[-1]) == 0:
+            raise FetalheadError(f"{job.name}: no training window of {model_config.window} frames")
+        val = Windows([d.inputs for d in job.val], [d.labels for d in job.val], **sets)
+        val_sets.append(val if len(val) else None)
+    epochs = max(job.epochs for job in jobs)
+    mode = step_mode(train_config, len(jobs), pack_steps(train_sets, train_config.batch_size, epochs))
+    xla, unroll = mode == "xla", mode == "unroll"
+    keras.utils.set_random_seed(jobs[0].seed)
     with distribution_scope():
-        extractor = _fresh_extractor(model_config, shared_extractor, train_config)
-        feature_dim = int(extractor.output_shape[-1])
-        model, head = build_trainable(model_config, train_config, feature_dim,
-                                      extractor if train_config.train_backbone else None)
-    batches = dict(window=model_config.window, stride=train_config.stride, batch_size=train_config.batch_size)
-    train_batches = WindowBatches([d.inputs for d in train_data], [d.labels for d in train_data],
-                                  shuffle=True, seed=seed, **batches)
-    if len(train_batches.index) == 0:
-        raise FetalheadError(f"{description}: no training window of {model_config.window} frames")
-    val_batches = None
-    if val_data:
-        val_batches = WindowBatches([d.inputs for d in val_data], [d.labels for d in val_data],
-                                    shuffle=False, seed=seed, **batches)
-        if len(val_batches.index) == 0:
-            val_batches = None
-    history = fit(model, folder, train_batches, val_batches, epochs=epochs, train_config=train_config,
-                  description=description, in_memory=not train_config.train_backbone)
-    extractor.trainable = False
-    return Runtime(model_config, extractor, head), history
+        extractors, heads, members = [], [], []
+        for job, train_set, val_set in zip(jobs, train_sets, val_sets):
+            extractor = _fresh_extractor(model_config, shared_extractor, train_config)
+            head = build_temporal_head(model_config, int(extractor.output_shape[-1]), unroll=unroll,
+                                       name=f"head_{job.tag}")
+            if train_config.train_backbone:
+                extractor.trainable = True
+                model = build_cnn_lstm(model_config, extractor, head)
+            else:
+                model = head
+            extractors.append(extractor)
+            heads.append(head)
+            members.append(Member(job.name, job.folder, model, train_set, val_set, job.epochs, job.seed))
+        names = ", ".join(job.name for job in jobs)
+        log.info("training %s (%s steps)", names, mode)
+        histories = fit_pack(members, out / "packs" / "-".join(job.tag for job in jobs), train_config, xla=xla,
+                             description=names if len(jobs) < 3 else f"{len(jobs)} models")
+    runtimes = []
+    for extractor, head in zip(extractors, heads):
+        extractor.trainable = False
+        runtimes.append(Runtime(model_config, extractor, head))
+    return list(zip(runtimes, histories))
 
 
-def run_fold(out: Path, index: int, train_scans: list[str], val_scans: list[str], data: dict[str, ScanData],
-             model_config: ModelConfig, train_config: TrainConfig, extractor: keras.Model) -> dict[str, Any]:
-    """Train and score fold ``index``; returns (and writes) its result."""
-    folder = out / "folds" / f"fold_{index}"
-    done = folder / "result.json"
-    if done.exists():
-        log.info("fold %d already done: %s", index, done)
-        return json.loads(done.read_text())
-    train_data = [data[s] for s in train_scans]
-    val_data = [data[s] for s in val_scans]
-    runtime, history = train_one(folder, model_config, train_config, extractor, train_data, val_data,
-                                 epochs=train_config.epochs, seed=train_config.seed + index,
-                                 description=f"fold {index + 1}/{train_config.folds}")
+def fold_job(out: Path, index: int, train_scans: list[str], val_scans: list[str], data: dict[str, ScanData],
+             train_config: TrainConfig) -> Job:
+    return Job(f"fold_{index}", f"fold {index + 1}/{train_config.folds}", out / "folds" / f"fold_{index}",
+               [data[s] for s in train_scans], [data[s] for s in val_scans], train_config.epochs,
+               train_config.seed + index)
+
+
+def final_job(out: Path, pool: list[str], data: dict[str, ScanData], train_config: TrainConfig, epochs: int) -> Job:
+    return Job("final", "final model", out / "final", [data[n] for n in pool], [], epochs, train_config.seed + 1000)
+
+
+def finish_fold(job: Job, index: int, runtime: Runtime, history: pd.DataFrame,
+                train_config: TrainConfig) -> dict[str, Any]:
+    """Score fold ``index``'s scans with its trained model; returns (and writes) its result."""
     images = train_config.train_backbone
-    train_scores = score_scans(runtime, train_data, images=images)
+    train_scores = score_scans(runtime, job.train, images=images)
     threshold = choose_threshold(train_scores["label"], train_scores["score"], train_config.threshold_rule)
-    predictions = score_scans(runtime, val_data, images=images)
+    predictions = score_scans(runtime, job.val, images=images)
     predictions["fold"] = index
-    with replacing(folder / "predictions.csv") as tmp:
+    with replacing(job.folder / "predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
     val_loss = history["val_loss"] if "val_loss" in history else pd.Series(dtype=float)
     best_epoch = int(val_loss.idxmin()) + 1 if len(val_loss.dropna()) else len(history)
     result = {
         "fold": index,
-        "train_scans": train_scans,
-        "val_scans": val_scans,
+        "train_scans": [d.name for d in job.train],
+        "val_scans": [d.name for d in job.val],
         "epochs_run": int(len(history)),
         "best_epoch": best_epoch,
         "threshold": threshold,
         "threshold_rule": train_config.threshold_rule,
         "at_0.5": binary_metrics(predictions["label"], predictions["score"], 0.5),
         "at_threshold": binary_metrics(predictions["label"], predictions["score"], threshold),
-        "windows_at_0.5": window_metrics(runtime, val_data, images=images, threshold=0.5),
+        "windows_at_0.5": window_metrics(runtime, job.val, images=images, threshold=0.5),
     }
-    write_json(done, result)
+    write_json(job.folder / "result.json", result)
     return result
+
+
+def run_folds(out: Path, folds: list[tuple[list[str], list[str]]], todo: list[int], data: dict[str, ScanData],
+              model_config: ModelConfig, train_config: TrainConfig, extractor: keras.Model,
+              final: Job | None) -> tuple[dict[int, dict[str, Any]], Runtime | None]:
+    """Train folds ``todo`` not done yet, in one pack with ``final`` when given.
+
+    With --train-backbone every fold is a pack of its own: packing several
+    end-to-end models would hold several backbones' activations at once for
+    little gain. Returns the results of folds ``todo`` and the final model's
+    runtime (None without ``final``).
+    """
+    results: dict[int, dict[str, Any]] = {}
+    jobs = []
+    for i in todo:
+        done = out / "folds" / f"fold_{i}" / "result.json"
+        if done.exists():
+            log.info("fold %d already done: %s", i, done)
+            results[i] = json.loads(done.read_text())
+        else:
+            jobs.append(fold_job(out, i, *folds[i], data, train_config))
+    packs = [[job] for job in jobs] if train_config.train_backbone else [jobs] if jobs else []
+    if final is not None:
+        if packs:
+            packs[-1].append(final)
+        else:
+            packs.append([final])
+    final_runtime = None
+    for pack in packs:
+        for job, (runtime, history) in zip(pack, train_pack(out, pack, model_config, train_config, extractor)):
+            if job is final:
+                final_runtime = runtime
+            else:
+                index = int(job.tag.removeprefix("fold_"))
+                results[index] = finish_fold(job, index, runtime, history, train_config)
+    return results, final_runtime
 
 
 def load_fold_predictions(out: Path, folds: list[dict[str, Any]]) -> pd.DataFrame:
@@ -255,8 +319,15 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     with replacing(out / "folds.csv") as tmp:
         pd.DataFrame(assignment).to_csv(tmp, index=False)
 
-    todo = range(train_config.folds) if train_config.fold is None else [train_config.fold]
-    results = [run_fold(out, i, *folds[i], data, model_config, train_config, extractor) for i in todo]
+    todo = list(range(train_config.folds)) if train_config.fold is None else [train_config.fold]
+    # The final model's epochs are known before the folds run unless they come
+    # from the folds' early stopping; then it can train in the folds' pack.
+    final = None
+    if train_config.final and train_config.fold is None and not train_config.train_backbone and (
+            train_config.final_epochs is not None or not train_config.early_stopping):
+        final = final_job(out, pool, data, train_config, final_epochs([], train_config))
+    by_fold, runtime = run_folds(out, folds, todo, data, model_config, train_config, extractor, final)
+    results = [by_fold[i] for i in todo]
     summary: dict[str, Any] = {"run": str(out), "folds": results, "bundle": None, "report": None}
     if train_config.fold is not None:
         return summary
@@ -266,8 +337,9 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     holdout_predictions = None
     if train_config.final:
         epochs = final_epochs(results, train_config)
-        runtime, _ = train_one(out / "final", model_config, train_config, extractor, [data[n] for n in pool], [],
-                               epochs=epochs, seed=train_config.seed + 1000, description="final model")
+        if runtime is None:
+            job = final_job(out, pool, data, train_config, epochs)
+            runtime, _ = train_pack(out, [job], model_config, train_config, extractor)[0]
         if train_config.holdout:
             holdout_predictions = score_scans(runtime, [data[n] for n in train_config.holdout],
                                               images=train_config.train_backbone)

@@ -135,3 +135,13 @@ def test_every_backbone_builds_with_its_feature_size():
         assert extractor.output_shape == (None, size)
         head = build_temporal_head(ModelConfig(backbone=name), size)
         assert head.output_shape == (None, None)
+
+
+def test_unrolled_head_takes_the_same_weights_and_gives_the_same_scores(tiny_config, tiny_models, rng):
+    _, head = tiny_models
+    unrolled = build_temporal_head(tiny_config, head.input_shape[-1], unroll=True, name="head_unrolled")
+    unrolled.set_weights(head.get_weights())
+    assert unrolled.input_shape == (None, tiny_config.window, head.input_shape[-1])
+    assert unrolled.name == "head_unrolled"
+    features = rng.normal(size=(3, tiny_config.window, head.input_shape[-1])).astype(np.float32)
+    np.testing.assert_allclose(unrolled.predict_on_batch(features), head.predict_on_batch(features), atol=1e-6)
