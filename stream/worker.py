@@ -198,14 +198,7 @@ class Scorer:
             flags.append(tuple(name for name, on in ((protocol.FLAG_WARMUP, state.window.warming_up),
                                                      (protocol.FLAG_GAP, state.window.has_gap)) if on))
 
-        # One head call per window length: a (B, T, F) batch needs equal T.
-        scores = np.empty(len(windows), np.float32)
-        by_length: dict[int, list[int]] = collections.defaultdict(list)
-        for i, w in enumerate(windows):
-            by_length[len(w)].append(i)
-        for indexes in by_length.values():
-            batch = np.stack([windows[i] for i in indexes])
-            scores[indexes] = self.runtime.score_windows(batch)[:, -1]
+        scores = self.runtime.score_newest(windows)
 
         t_scored = time.time()
         out = []
