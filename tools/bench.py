@@ -5,16 +5,18 @@ Sections (``--sections``):
 
 - ``backbones``: one frame through the compiled path (``predict_on_batch``)
   against ``model.predict``, per backbone.
-- ``stream``: the worker's per-frame cost (frame sent -> score received, over
-  real ZeroMQ sockets, one frame at a time) against one bare compiled
-  backbone forward; the rolling feature buffer against re-running the
-  8-frame window through the end-to-end model; lossless replay throughput
-  against offline batched scoring of the same frames; live-mode p50/p99
-  latency with a 30 fps source, against one frame's compute, and memory.
-- ``training``: one epoch of the head on cached features against the same
-  epoch with the backbone inside (the seed's way; a few steps measured and
-  scaled to the epoch); feature extraction frames per second; and the full
-  k-fold run estimated from those figures against one backbone pass.
+- ``stream``, against a real ``fetalhead worker`` process fed over ZeroMQ:
+  start-up (launch to first score) and what it is made of; the worker's
+  per-frame cost (received -> score ready, as the worker stamps it, one
+  frame at a time) against one bare compiled backbone forward; the rolling
+  feature buffer against re-running the 8-frame window through the
+  end-to-end model; lossless replay throughput against offline batched
+  scoring of the same frames; live-mode p50/p99 latency with a 30 fps
+  source against one frame's compute, and the worker's memory.
+- ``training``: the real k-fold run (5 folds and the final model, in one
+  pack) on a small synthetic dataset for 3 epochs, scaled to 50 by its
+  measured epoch time, against one backbone pass over the same frames and
+  against the seed's way of running the backbone inside every training step.
 
 Random weights everywhere: the compute is that of the real weights.
 """
@@ -24,10 +26,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -48,6 +52,9 @@ class BenchConfig:
     frame_height: int = 480
     frame_width: int = 640
     dataset_frames: int = 24036
+    train_scans: int = 10
+    train_frames: int = 32
+    train_xla: Literal["auto", "on", "off"] = "auto"
     json: str = ""
 
     def __post_init__(self) -> None:
@@ -59,6 +66,8 @@ class BenchConfig:
             check(name in SECTIONS, f"sections: {name!r} is not one of {', '.join(SECTIONS)}")
         check(self.frames >= 9, f"frames: must be >= 9, got {self.frames}")
         check(self.live_fps > 0, f"live_fps: must be > 0, got {self.live_fps}")
+        check(self.train_scans >= 5, f"train_scans: must be >= 5 (one per fold), got {self.train_scans}")
+        check(self.train_frames >= 16, f"train_frames: must be >= 16, got {self.train_frames}")
 
 
 @dataclasses.dataclass
@@ -89,8 +98,8 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as fh:
+def rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
@@ -125,16 +134,76 @@ def bench_backbone(backbone: str, bundle, config: BenchConfig) -> list[Row]:
                 "model.predict", "< 1")]
 
 
-def _stream_rows(backbone: str, bundle, config: BenchConfig, frames: list[np.ndarray]) -> list[Row]:
-    import zmq
+class WorkerProcess:
+    """A real ``fetalhead worker`` process, its frames fed from here and its scores read here."""
 
+    def __init__(self, model: Path, mode: str) -> None:
+        import zmq
+
+        from stream import net
+
+        self.frames_addr, self.scores_addr = net.free_tcp_address(), net.free_tcp_address()
+        kind = zmq.PUSH if mode == "lossless" else zmq.PUB
+        self.frames = net.socket(kind, bind=self.frames_addr, hwm=64 if mode == "lossless" else 4)
+        self.scores = net.socket(zmq.SUB, connect=self.scores_addr, subscribe=[b""])
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "worker", "--model", str(model), "--sub", self.frames_addr,
+             "--pub", self.scores_addr, "--mode", mode, "--heartbeat", "0.5"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.ready_s = self._wait_ready()
+
+    def _wait_ready(self) -> float:
+        """Seconds from launch to the worker's first heartbeat, sent once its model is loaded and warm."""
+        from stream import net, protocol
+
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited with {self.process.returncode}: {self.process.stderr.read()}")
+            data = net.recv(self.scores, 1.0)
+            if data is not None and isinstance(protocol.decode(data), protocol.Heartbeat):
+                return time.perf_counter() - self.started
+        raise RuntimeError("the worker did not start in 600 s")
+
+    def scores_of(self, n: int, timeout: float) -> list:
+        from stream import net, protocol
+
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            data = net.recv(self.scores, 1.0)
+            if data is None:
+                continue
+            message = protocol.decode(data)
+            if isinstance(message, protocol.Score):
+                out.append(message)
+        return out
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.frames.close(linger=0)
+        self.scores.close(linger=0)
+
+
+def _stream_rows(backbone: str, config: BenchConfig, frames: list[np.ndarray], model: Path) -> list[Row]:
+    from models.bundle import load as load_bundle
     from models.cnn_lstm import build_cnn_lstm
-    from stream import net, protocol
-    from stream.worker import WorkerConfig, serve
+    from stream import protocol
 
-    runtime = bundle.runtime()
-    runtime.warm_up()
     rows = []
+    start = time.perf_counter()
+    bundle = load_bundle(model)
+    runtime = bundle.runtime()
+    loaded = time.perf_counter() - start
+    start = time.perf_counter()
+    runtime.warm_up()
+    warm = time.perf_counter() - start
     one = runtime.preprocess(frames[0])[None]
     bare = timed(lambda: runtime.extractor.predict_on_batch(one), 3 if backbone == "vgg19" else 10)
 
@@ -144,176 +213,184 @@ def _stream_rows(backbone: str, bundle, config: BenchConfig, frames: list[np.nda
     features = runtime.features(np.repeat(one, window, axis=0))
     end_to_end = build_cnn_lstm(runtime.config, runtime.extractor, runtime.head)
     clip = np.repeat(one[None], window, axis=1)
-    rolling = timed(lambda: (runtime.extractor.predict_on_batch(one), runtime.score_windows(features[None])), 3)
+    rolling = timed(lambda: (runtime.extractor.predict_on_batch(one), runtime.score_newest([features])), 3)
     full = timed(lambda: end_to_end.predict_on_batch(clip), 2)
     rows.append(Row("stream", backbone, "per frame, rolling feature buffer", rolling * 1e3, "ms", full * 1e3,
                     "8-frame window through the whole model", "<= 1/7"))
 
-    def worker(mode: str, max_frames: int | None = None):
-        frames_addr, scores_addr = net.free_tcp_address(), net.free_tcp_address()
-        stop = threading.Event()
-        worker_config = WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode=mode, heartbeat_s=0.5)
-        thread = threading.Thread(target=serve, args=(bundle, worker_config, stop), daemon=True)
-        return frames_addr, scores_addr, stop, thread
+    def message(stream: str, seq: int, frame: np.ndarray) -> bytes:
+        return protocol.encode(protocol.frame_message(stream, seq, frame, t_capture=time.time()))
 
-    def wait_ready(sub) -> None:
-        """Until the worker's first heartbeat: scores sent before it would reach no one."""
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            data = net.recv(sub, 1.0)
-            if data is not None and isinstance(protocol.decode(data), protocol.Heartbeat):
-                return
-        raise RuntimeError("the worker did not start")
+    worker = WorkerProcess(model, "lossless")
+    try:
+        # Start-up: launch to the first score of the first frame sent once it is ready.
+        worker.frames.send(message("first", 0, frames[0]))
+        if not worker.scores_of(1, 600):
+            raise RuntimeError("the worker gave no score")
+        startup = time.perf_counter() - worker.started
+        rows.append(Row("stream", backbone, "start-up: `fetalhead worker` launched -> first score", startup, "s"))
+        rows.append(Row("stream", backbone, "start-up, of which model load (in-process)", loaded, "s", startup,
+                        "whole start-up"))
+        rows.append(Row("stream", backbone, "start-up, of which warm-up: tracing and XLA (in-process)", warm, "s",
+                        startup, "whole start-up"))
+        rows.append(Row("stream", backbone, "start-up, of which Python, TensorFlow and Keras imports",
+                        import_seconds(), "s", startup, "whole start-up"))
 
-    def scores_of(sub, n: int, timeout: float) -> list[protocol.Score]:
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n and time.monotonic() < deadline:
-            data = net.recv(sub, 1.0)
-            if data is None:
-                continue
-            message = protocol.decode(data)
-            if isinstance(message, protocol.Score):
-                out.append(message)
-        return out
-
-    encoded = [protocol.encode(protocol.frame_message("replay", i, f, t_capture=time.time()))
-               for i, f in enumerate(frames)]
-
-    # Per-frame cost through the real worker: one frame in flight at a time.
-    frames_addr, scores_addr, stop, thread = worker("lossless")
-    with net.socket(zmq.PUSH, bind=frames_addr, hwm=64) as push, \
-            net.socket(zmq.SUB, connect=scores_addr, subscribe=[b""]) as sub:
-        thread.start()
-        wait_ready(sub)
-        # Warm the worker's paths (and wait for it to have loaded) before timing.
-        for i in range(window + 1):
-            push.send(protocol.encode(protocol.frame_message("warm", i, frames[i], t_capture=time.time())))
-            if not scores_of(sub, 1, 600):
-                raise RuntimeError("worker gave no score")
-        times = []
+        # Per-frame cost inside the worker, one frame in flight at a time: the
+        # worker stamps when it received the frame and when its score was ready.
+        costs = []
         for i, frame in enumerate(frames):
-            start = time.perf_counter()
-            push.send(protocol.encode(protocol.frame_message("bench", i, frame, t_capture=time.time())))
-            if not scores_of(sub, 1, 60):
-                raise RuntimeError("worker gave no score")
-            times.append(time.perf_counter() - start)
-        per_frame = statistics.median(times[window:])
+            worker.frames.send(message("bench", i, frame))
+            got = worker.scores_of(1, 60)
+            if not got:
+                raise RuntimeError("the worker gave no score")
+            costs.append(got[0].t_scored - got[0].t_received)
+        per_frame = statistics.median(costs[window:])
         rows.append(Row("stream", backbone, "worker per frame (received -> published)", per_frame * 1e3, "ms",
                         bare * 1e3, "bare compiled backbone forward", "<= 1.10"))
 
         # Lossless replay: every frame pushed as fast as backpressure allows.
+        encoded = [message("replay", i, f) for i, f in enumerate(frames)]
         start = time.perf_counter()
-        sender = threading.Thread(target=lambda: [push.send(m) for m in encoded], daemon=True)
+        sender = threading.Thread(target=lambda: [worker.frames.send(m) for m in encoded], daemon=True)
         sender.start()
-        got = scores_of(sub, len(encoded), 600)
+        got = worker.scores_of(len(encoded), 600)
         replay = len(got) / (time.perf_counter() - start)
         sender.join(5)
-        stop.set()
-        thread.join(30)
+    finally:
+        worker.close()
     offline_start = time.perf_counter()
-    offline_features = runtime.frame_features(frames)
-    runtime.scan_scores(offline_features)
+    runtime.scan_scores(runtime.frame_features(frames))
     offline = len(frames) / (time.perf_counter() - offline_start)
     rows.append(Row("stream", backbone, "lossless replay throughput", replay, "frames/s", offline,
                     "offline batched scoring, one process", ">= 0.9"))
 
     # Live mode: a 30 fps source, the worker keeping only the newest frame.
-    frames_addr, scores_addr, stop, thread = worker("live")
-    latencies = []
-    with net.socket(zmq.PUB, bind=frames_addr) as pub, \
-            net.socket(zmq.SUB, connect=scores_addr, subscribe=[b""]) as sub:
-        thread.start()
-        wait_ready(sub)
-        done = threading.Event()
+    worker = WorkerProcess(model, "live")
+    latencies, memory = [], []
+    done = threading.Event()
 
-        def source() -> None:
-            seq = 0
-            next_at = time.monotonic()
-            while not done.is_set():
-                pub.send(protocol.encode(protocol.frame_message("live", seq, frames[seq % len(frames)],
-                                                                t_capture=time.time())))
-                seq += 1
-                next_at += 1.0 / config.live_fps
-                time.sleep(max(0.0, next_at - time.monotonic()))
+    def source() -> None:
+        seq = 0
+        next_at = time.monotonic()
+        while not done.is_set():
+            worker.frames.send(message("live", seq, frames[seq % len(frames)]))
+            seq += 1
+            next_at += 1.0 / config.live_fps
+            time.sleep(max(0.0, next_at - time.monotonic()))
 
-        feeder = threading.Thread(target=source, daemon=True)
+    feeder = threading.Thread(target=source, daemon=True)
+    try:
         feeder.start()
         warm_until = time.monotonic() + max(2.0, 3 * bare)
-        memory_start = None
         end = warm_until + config.live_seconds
         while time.monotonic() < end:
-            for score in scores_of(sub, 1, 1.0):
+            for score in worker.scores_of(1, 1.0):
                 if time.monotonic() > warm_until:
-                    memory_start = memory_start or rss_mib()
                     latencies.append(score.latency)
-        memory_end = rss_mib()
+                    memory.append(rss_mib(worker.process.pid))
+    finally:
         done.set()
         feeder.join(5)
-        stop.set()
-        thread.join(30)
-    compute = bare + (rolling - bare if rolling > bare else 0.0)
+        worker.close()
+    compute = max(bare, rolling)
     if latencies:
         p50, p99 = np.percentile(latencies, [50, 99])
         rows.append(Row("stream", backbone, f"live p50 latency at {config.live_fps:g} fps", p50 * 1e3, "ms",
                         compute * 1e3, "one frame's compute", ""))
         rows.append(Row("stream", backbone, f"live p99 latency at {config.live_fps:g} fps", p99 * 1e3, "ms",
                         compute * 1e3, "one frame's compute", "<= 2"))
-        rows.append(Row("stream", backbone, "live memory at end", memory_end, "MiB", memory_start,
+        rows.append(Row("stream", backbone, "live worker memory at end", memory[-1], "MiB", memory[0],
                         "memory at start", "~1"))
     return rows
 
 
-def bench_training(backbone: str, bundle, config: BenchConfig) -> list[Row]:
+def import_seconds() -> float:
+    """What a fresh Python process spends importing TensorFlow and Keras here."""
+    code = "import time; t = time.perf_counter(); import keras, tensorflow; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> list[Row]:
+    """The real k-fold run on a small synthetic dataset, against one backbone pass and against the seed's way.
+
+    Method: ``train.kfold.train`` runs 5 folds and the final model (early
+    stopping off, so all of them train every epoch) for 3 epochs on
+    features already in the cache; the run's time plus 47 more epochs at
+    its measured epoch time (the median of epochs 2 and 3, from the
+    history's ``seconds``; the first holds the compile) is the 50-epoch run. The one
+    backbone pass is the cache being filled from the same frames. The seed's
+    way (the backbone inside every training step) is the end-to-end model's
+    training step, measured, times the steps of the same run. XLA is set as
+    ``--xla auto`` would set it for the seed's dataset (``dataset_frames``)
+    unless ``train_xla`` says otherwise.
+    """
     import keras
 
-    from models.cnn_lstm import build_cnn_lstm, build_feature_extractor, build_temporal_head
+    from models.cnn_lstm import build_cnn_lstm, build_temporal_head
+    from models.config import ModelConfig
+    from train.cache import FeatureCache
     from train.config import TrainConfig
-    from train.trainer import focal_loss
+    from train.data import load_dataset
+    from train.kfold import train
+    from train.synth import SynthConfig, synth_dataset
+    from train.trainer import Windows, focal_loss, pack_steps, read_history, step_mode
 
-    model_config = bundle.config
+    weights = folder / f"{backbone}.weights.h5"
+    bundle.extractor.save_weights(weights)
+    model_config = ModelConfig(backbone=backbone, weights=str(weights), image_size=config.image_size)
+    data = folder / f"{backbone}-scans"
+    synth_dataset(data, SynthConfig(scans=config.train_scans, frames=config.train_frames,
+                                    height=config.frame_height, width=config.frame_width), progress=False)
+    scans = load_dataset(data, window=model_config.window)
+    frames = sum(len(s) for s in scans)
+    cache = folder / f"{backbone}-cache"
+    runtime = bundle.runtime()
+    start = time.perf_counter()
+    FeatureCache(runtime, cache).extract(scans, progress=False)
+    one_pass = time.perf_counter() - start
+
+    full_size = pack_steps([Windows([np.zeros((config.dataset_frames, 1))], [np.zeros(config.dataset_frames)],
+                                    window=model_config.window, stride=1)], 8, 50)
+    xla = config.train_xla
+    if xla == "auto":
+        xla = "on" if step_mode(TrainConfig(), 6, full_size) == "xla" else "off"
+    epochs = 3
+    train_config = TrainConfig(epochs=epochs, early_stopping=False, progress=False, cache_dir=str(cache), xla=xla)
+    start = time.perf_counter()
+    run = train(data, folder / f"{backbone}-run", model_config, train_config)
+    elapsed = time.perf_counter() - start
+    seconds = read_history(Path(run["run"]) / "final" / "history.csv")["seconds"]
+    per_epoch = float(seconds.iloc[1:].median())
+    kfold = one_pass + elapsed + (50 - epochs) * per_epoch
+
+    # The seed's way: every step runs the backbone over the batch's 8 x 8 frames.
     train_config = TrainConfig()
     window, batch = model_config.window, train_config.batch_size
-    rng = np.random.default_rng(0)
-    runtime = bundle.runtime()
-    steps = 64
-    features = rng.normal(size=(steps * batch, window, runtime.feature_dim)).astype(np.float32)
-    labels = rng.integers(0, 2, (steps * batch, window)).astype(np.float32)
-    head = build_temporal_head(model_config, runtime.feature_dim)
-    head.compile(optimizer=keras.optimizers.Adam(train_config.learning_rate), loss=focal_loss(train_config))
-    head.fit(features, labels, batch_size=batch, epochs=1, verbose=0)
-    start = time.perf_counter()
-    head.fit(features, labels, batch_size=batch, epochs=1, verbose=0)
-    cached_step = (time.perf_counter() - start) / steps
-
-    extractor = build_feature_extractor(model_config, weights="none")
-    model = build_cnn_lstm(model_config, extractor, build_temporal_head(model_config, runtime.feature_dim))
+    model = build_cnn_lstm(model_config, runtime.extractor, build_temporal_head(model_config, runtime.feature_dim))
     model.compile(optimizer=keras.optimizers.Adam(train_config.learning_rate), loss=focal_loss(train_config))
+    rng = np.random.default_rng(0)
     size = model_config.image_size
     images = rng.normal(size=(batch, window, size, size, 3)).astype(np.float32)
-    in_loop_step = timed(lambda: model.train_on_batch(images, labels[:batch]), 2 if backbone == "vgg19" else 3)
+    labels = rng.integers(0, 2, (batch, window)).astype(np.float32)
+    in_loop_step = timed(lambda: model.train_on_batch(images, labels), 2 if backbone == "vgg19" else 3)
+    # 5 folds on 4/5 of the windows each, and the final model on all of them.
+    windows = sum(max(len(s) - window + 1, 0) for s in scans)
+    seed_way = 50 * (5 * 0.8 + 1) * windows / batch * in_loop_step
 
-    frames = rng.normal(size=(32, size, size, 3)).astype(np.float32)
-    extract = timed(lambda: runtime.features(frames), 1 if backbone == "vgg19" else 3)
-    fps = len(frames) / extract
-    rows = [
-        Row("training", backbone, "head epoch step on cached features", cached_step * 1e3, "ms/step",
-            in_loop_step * 1e3, "same step with the backbone inside (seed's way)", "<= 1/100"),
-        Row("training", backbone, "feature extraction", fps, "frames/s"),
+    scale = config.dataset_frames / frames
+    method = f"{frames} frames, 3 epochs measured, scaled to 50"
+    return [
+        Row("training", backbone, "feature extraction (one backbone pass)", frames / one_pass, "frames/s"),
+        Row("training", backbone, f"k-fold + final, per epoch, {frames} frames (XLA {xla})", per_epoch, "s"),
+        Row("training", backbone, f"k-fold run, 5 folds x 50 epochs + final ({method})", kfold, "s",
+            one_pass, "one backbone pass over the same frames", "<= 2"),
+        Row("training", backbone, f"k-fold run, 5 folds x 50 epochs + final ({method})", kfold, "s",
+            seed_way, "backbone inside every step (seed's way)", "<= 1/100"),
+        Row("training", backbone, f"k-fold run scaled to {config.dataset_frames} frames", kfold * scale / 3600, "h",
+            one_pass * scale / 3600, "one backbone pass over them", "<= 2"),
     ]
-    # The full run for a dataset of N frames, windows at stride 1 (about N per
-    # epoch), 5 folds training on 4/5 of them, 50 epochs, plus the final model
-    # on all: one backbone pass plus head steps, against that one pass.
-    n = config.dataset_frames
-    one_pass = n / fps
-    head_steps = (5 * 50 * 0.8 * n + 50 * n) / batch
-    total = one_pass + head_steps * cached_step
-    seed_way = head_steps * in_loop_step
-    rows.append(Row("training", backbone, f"k-fold run, {n} frames (estimated)", total / 3600, "h",
-                    one_pass / 3600, "one backbone pass over the frames", "<= 2"))
-    rows.append(Row("training", backbone, f"k-fold run, {n} frames (estimated)", total / 3600, "h",
-                    seed_way / 3600, "backbone inside every epoch (seed's way)", "<= 1/100"))
-    return rows
 
 
 def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> list[Row]:
@@ -330,10 +407,10 @@ def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None)
                 rows += bench_backbone(backbone, bundle, config)
             if "stream" in config.sections:
                 progress(f"{backbone}: streaming")
-                rows += _stream_rows(backbone, bundle, config, frames)
+                rows += _stream_rows(backbone, config, frames, Path(tmp) / f"{backbone}.fhb")
             if "training" in config.sections:
                 progress(f"{backbone}: training")
-                rows += bench_training(backbone, bundle, config)
+                rows += bench_training(backbone, bundle, config, Path(tmp))
     return rows
 
 
