@@ -80,8 +80,15 @@ class Runtime:
         return streaming_scores(features, self.score_windows, self.config.window)
 
     def warm_up(self) -> None:
-        """Trace (and compile) the per-frame paths a stream takes: one frame, one and two windows."""
+        """Trace (and compile) the paths a stream takes: one frame and one window, and batches of them.
+
+        Keras traces a new function for the second batch size it meets, one
+        that takes any batch size; tracing both now keeps that out of a stream.
+        """
         size = self.config.image_size
-        features = self.features(np.zeros((1, size, size, 3), np.float32))
-        self.score_newest([features])
-        self.score_newest([features, features])
+        features = self.features(np.zeros((2, size, size, 3), np.float32))
+        self.features(np.zeros((1, size, size, 3), np.float32))
+        one, two = features[:1], features
+        self.score_newest([one])
+        self.score_newest([one, two])
+        self.score_newest([one, two, one])

@@ -9,7 +9,7 @@ def test_bench_prints_every_figure_with_its_baseline(tmp_path, capsys):
     path = tmp_path / "bench.json"
     settings = tmp_path / "bench.toml"
     settings.write_text("[bench]\ntrain_scans = 5\ntrain_frames = 16\ntrain_xla = \"off\"\n"
-                        "frame_height = 120\nframe_width = 160\n")
+                        "frame_height = 120\nframe_width = 160\nreplay_frames = 24\n")
     assert main(["--backbones", "tiny", "--image-size", "64", "--frames", "12", "--live-seconds", "2",
                  "--config", str(settings), "--json", str(path)]) == 0
     rows = json.loads(path.read_text())
