@@ -9,6 +9,7 @@ copy without recurrent dropout (see ``inference_head``).
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Sequence
 
 import keras
@@ -17,7 +18,7 @@ import numpy as np
 from models.cnn_lstm import build_temporal_head, inference_head
 from models.config import ModelConfig
 from models.preprocess import preprocess, preprocess_batch
-from models.scoring import streaming_scores
+from models.scoring import newest_scores, streaming_scores
 
 
 class Runtime:
@@ -33,14 +34,19 @@ class Runtime:
         self.training_head = head
         self.head = inference_head(head, config)
         self.feature_dim = int(extractor.output_shape[-1])
-        # One frame's score, the worker's hot path: one input shape (1, W, F),
-        # so it can be compiled once, unrolled and under XLA (about 3x faster
-        # than the general head on a CPU).
-        self.step_head = build_temporal_head(config, self.feature_dim, inference=True, unroll=True,
-                                             name="temporal_head_step")
-        self.step_head.set_weights(head.get_weights())
+
+    @functools.cached_property
+    def step_head(self) -> keras.Model:
+        """The head for one window, the worker's hot path: one input shape (1, W, F), so
+        it is compiled once, unrolled and under XLA (about 3x faster than the general
+        head on a CPU). Built on first use: training's runtimes never need it.
+        """
+        head = build_temporal_head(self.config, self.feature_dim, inference=True, unroll=True,
+                                   name="temporal_head_step")
+        head.set_weights(self.training_head.get_weights())
         if keras.backend.backend() == "tensorflow":
-            self.step_head.compile(jit_compile=True)
+            head.compile(jit_compile=True)
+        return head
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """uint8 raw frame -> float32 (S, S, 3), the one shared preprocessing."""
@@ -61,19 +67,12 @@ class Runtime:
         return np.asarray(self.head.predict_on_batch(windows), np.float32)
 
     def score_newest(self, windows: Sequence[np.ndarray]) -> np.ndarray:
-        """The score of the newest frame of each window: float32 (k_i, F), 1 <= k_i <= W -> float32 (B,).
+        """The score of the newest frame of each window (``models.scoring.newest_scores``).
 
-        Windows are padded at the end to W frames, which changes nothing
-        before the padding (the LSTMs are causal), so every call has one
-        shape; a single window takes the compiled step head.
+        float32 (k_i, F), 1 <= k_i <= W -> float32 (B,); a single window takes the step head.
         """
-        window = self.config.window
-        batch = np.zeros((len(windows), window, self.feature_dim), np.float32)
-        for i, w in enumerate(windows):
-            batch[i, :len(w)] = w
         head = self.step_head if len(windows) == 1 else self.head
-        scores = np.asarray(head.predict_on_batch(batch), np.float32)
-        return scores[np.arange(len(windows)), [len(w) - 1 for w in windows]]
+        return newest_scores(windows, head.predict_on_batch, self.config.window)
 
     def scan_scores(self, features: np.ndarray) -> np.ndarray:
         """Streaming-equivalent per-frame scores of one scan: float32 (N, F) -> (N,)."""

@@ -9,7 +9,7 @@ scores in batches; ``RollingWindow`` is the worker's incremental form.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,6 +39,20 @@ def streaming_scores(features: np.ndarray, score_windows: ScoreFn, window: int,
             out[:window - 1] = scores[0, :window - 1]
         out[window - 1 + start:window - 1 + start + len(scores)] = scores[:, -1]
     return out
+
+
+def newest_scores(windows: Sequence[np.ndarray], score_windows: ScoreFn, window: int) -> np.ndarray:
+    """The score of the newest frame of each window: float32 (k_i, F), 1 <= k_i <= window -> float32 (B,).
+
+    Windows are padded at the end to ``window`` frames, which changes nothing
+    before the padding (the LSTMs are causal), so every call has one shape
+    and a compiled head compiles once.
+    """
+    batch = np.zeros((len(windows), window, windows[0].shape[-1]), np.float32)
+    for i, w in enumerate(windows):
+        batch[i, :len(w)] = w
+    scores = np.asarray(score_windows(batch), np.float32)
+    return scores[np.arange(len(windows)), [len(w) - 1 for w in windows]]
 
 
 def window_scores(features: np.ndarray, score_windows: ScoreFn, window: int, stride: int = 1) -> np.ndarray:
