@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -340,7 +341,7 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
     from train.data import load_dataset
     from train.kfold import train
     from train.synth import SynthConfig, synth_dataset
-    from train.trainer import Windows, focal_loss, pack_steps, read_history, step_mode
+    from train.trainer import focal_loss, read_history, step_mode
 
     weights = folder / f"{backbone}.weights.h5"
     bundle.extractor.save_weights(weights)
@@ -356,10 +357,10 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
     FeatureCache(runtime, cache).extract(scans, progress=False)
     one_pass = time.perf_counter() - start
 
-    full_size = pack_steps([Windows([np.zeros((config.dataset_frames, 1))], [np.zeros(config.dataset_frames)],
-                                    window=model_config.window, stride=1)], 8, 50)
     xla = config.train_xla
     if xla == "auto":
+        # The final model's windows (about one a frame at stride 1) set a pack's epoch.
+        full_size = math.ceil(config.dataset_frames / TrainConfig().batch_size) * TrainConfig().epochs
         xla = "on" if step_mode(TrainConfig(), 6, full_size) == "xla" else "off"
     epochs = 3
     train_config = TrainConfig(epochs=epochs, early_stopping=False, progress=False, cache_dir=str(cache), xla=xla)

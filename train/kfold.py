@@ -41,7 +41,7 @@ from train.data import Scan, load_dataset
 from train.folds import scan_folds
 from train.metrics import binary_metrics, choose_threshold
 from train.files import replacing, write_json
-from train.trainer import Member, Windows, fit_pack, pack_steps, step_mode
+from train.trainer import Member, Windows, epoch_steps, fit_pack, step_mode
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def train_pack(out: Path, jobs: list[Job], model_config: ModelConfig, train_conf
         val = Windows([d.inputs for d in job.val], [d.labels for d in job.val], **sets)
         val_sets.append(val if len(val) else None)
     epochs = max(job.epochs for job in jobs)
-    mode = step_mode(train_config, len(jobs), pack_steps(train_sets, train_config.batch_size, epochs))
+    mode = step_mode(train_config, len(jobs), epoch_steps(train_sets, train_config.batch_size) * epochs)
     xla, unroll = mode == "xla", mode == "unroll"
     keras.utils.set_random_seed(jobs[0].seed)
     with distribution_scope():

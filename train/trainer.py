@@ -80,7 +80,7 @@ class PackBatches(keras.utils.PyDataset):
         super().__init__()
         self.sets = list(sets)
         self.batch_size = batch_size
-        self.steps = max(math.ceil(len(w) / batch_size) for w in self.sets)
+        self.steps = epoch_steps(self.sets, batch_size)
         self.rngs = [np.random.default_rng(seed) for seed in seeds]
         self.orders = [self._order(k) for k in range(len(self.sets))]
 
@@ -305,8 +305,9 @@ def step_mode(train_config: TrainConfig, members: int, steps: int) -> Literal["x
     return "unroll" if long_run else "plain"
 
 
-def pack_steps(sets: Sequence[Windows], batch_size: int, epochs: int) -> int:
-    return max(math.ceil(len(w) / batch_size) for w in sets) * epochs
+def epoch_steps(sets: Sequence[Windows], batch_size: int) -> int:
+    """Steps in one epoch of a pack (see ``PackBatches``): what its largest member needs."""
+    return max(math.ceil(len(w) / batch_size) for w in sets)
 
 
 def build_pack(members: Sequence[Member], train_config: TrainConfig, *, xla: bool) -> keras.Model:
@@ -353,7 +354,7 @@ def fit_pack(members: Sequence[Member], folder: Path, train_config: TrainConfig,
         batches = PackBatches([m.train for m in members], train_config.batch_size, [m.seed for m in members])
         # shuffle=False: Keras would reorder the batches from Python's global random state.
         pack.fit(batches, epochs=max(m.epochs for m in members), callbacks=callbacks, shuffle=False, verbose=0)
-    for member, state in zip(members, states):
+    for member in members:
         best = member.folder / "best.weights.h5"
         use_best = member.val is not None and train_config.early_stopping and best.exists()
         member.model.load_weights(best if use_best else member.folder / "fitted.weights.h5")
