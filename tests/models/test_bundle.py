@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from models.bundle import FORMAT_VERSION, load, read_meta, save
-from models.config import ModelConfig
 from models.errors import BundleError
 
 

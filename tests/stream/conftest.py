@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -65,6 +65,24 @@ def recv_message(sock: zmq.Socket, timeout_s: float = WAIT_S) -> protocol.Messag
     if data is None:
         pytest.fail(f"no message within {timeout_s} s")
     return protocol.decode(data)
+
+
+def until_end_of_stream(sock: zmq.Socket, stall_s: float = WAIT_S) -> Iterator[protocol.Message]:
+    """Each message as it arrives, up to and including the first EndOfStream.
+
+    Fails the test when the next message takes over ``stall_s``: a long run
+    may take any time, but must keep moving.
+    """
+    received = 0
+    while True:
+        data = net.recv(sock, stall_s)
+        if data is None:
+            pytest.fail(f"stalled: no message within {stall_s} s after {received} messages")
+        received += 1
+        message = protocol.decode(data)
+        yield message
+        if isinstance(message, protocol.EndOfStream):
+            return
 
 
 def recv_until(sock: zmq.Socket, done: Callable[[protocol.Message], bool],

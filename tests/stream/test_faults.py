@@ -18,7 +18,7 @@ from stream import net, protocol
 from stream.capture import CaptureConfig, capture
 from stream.sources import Source
 from stream.worker import WorkerConfig, serve
-from tests.stream.conftest import recv_until
+from tests.stream.conftest import recv_until, until_end_of_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,18 +153,13 @@ def test_a_consumer_that_stops_reading_costs_bounded_memory_and_no_other_consume
 
     background(lambda stop: capture(Frames(count), CaptureConfig(pub=frames_addr, mode="lossless", fast=True), stop))
     scores, frames, baseline = [], 0, None
-    while True:
-        data = net.recv(reader, 30.0)
-        assert data is not None, f"stalled after {len(scores)} scores"
-        msg = protocol.decode(data)
+    for msg in until_end_of_stream(reader, 30.0):
         if isinstance(msg, protocol.Score):
             scores.append(msg.seq)
             if len(scores) == 200:
                 baseline = rss_bytes()
         elif isinstance(msg, protocol.Frame):
             frames += 1
-        elif isinstance(msg, protocol.EndOfStream):
-            break
     growth = rss_bytes() - baseline
     assert scores == list(range(count)) and frames == count
     assert worker.join().frames_out == count

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import zmq
 
-from stream import net, protocol
+from stream import protocol
 from stream.capture import CaptureConfig, capture
 from stream.sources import Source
 from stream.worker import WorkerConfig, serve
-from tests.stream.conftest import recv_until
+from tests.stream.conftest import recv_until, until_end_of_stream
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,9 @@ def test_lossless_replay_loses_and_duplicates_nothing(background, sockets, addre
     source = background(lambda stop: capture(Replay(count), CaptureConfig(pub=frames_addr, mode="lossless",
                                                                           fast=True), stop))
     seqs = []
-    while True:
-        data = net.recv(consumer, 30.0)
-        assert data is not None, f"stalled after {len(seqs)} scores"
-        msg = protocol.decode(data)
+    for msg in until_end_of_stream(consumer, 30.0):
         if isinstance(msg, protocol.Score):
             seqs.append(msg.seq)
-        elif isinstance(msg, protocol.EndOfStream):
-            break
     elapsed = time.monotonic() - started
 
     assert len(seqs) == count and seqs == list(range(count)), "frames lost, duplicated or out of order"

@@ -1,6 +1,5 @@
 """K-fold training on small synthetic scans with the tiny backbone."""
 
-import json
 import os
 import signal
 import subprocess
