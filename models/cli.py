@@ -43,11 +43,16 @@ def info(config: ModelConfig) -> int:
 
 
 def export(bundle_path: str, out: str) -> int:
+    import keras
+
     from models.bundle import load as load_bundle
-    from models.cnn_lstm import build_cnn_lstm
+    from models.cnn_lstm import build_cnn_lstm, build_temporal_head
 
     bundle = load_bundle(bundle_path)
-    model = build_cnn_lstm(bundle.config, bundle.extractor, bundle.head)
+    # Keras's own LSTM layers, so the file loads where fetalhead is not installed.
+    head = build_temporal_head(bundle.config, bundle.head.input_shape[-1], lstm=keras.layers.LSTM)
+    head.set_weights(bundle.head.get_weights())
+    model = build_cnn_lstm(bundle.config, bundle.extractor, head)
     model.save(out)
     print(f"wrote {out}: frames (batch, {bundle.config.window}, {bundle.config.image_size}, "
           f"{bundle.config.image_size}, 3) preprocessed by models.preprocess -> scores (batch, {bundle.config.window})")

@@ -20,6 +20,7 @@ from keras import layers
 
 from models.backbones import build_backbone
 from models.config import ModelConfig
+from models.lstm import LSTM
 
 
 def build_feature_extractor(config: ModelConfig, *, weights: str | None = None) -> keras.Model:
@@ -27,28 +28,27 @@ def build_feature_extractor(config: ModelConfig, *, weights: str | None = None) 
     return build_backbone(config, weights=weights)
 
 
-def build_temporal_head(config: ModelConfig, feature_dim: int, *, inference: bool = False, unroll: bool = False,
+def build_temporal_head(config: ModelConfig, feature_dim: int, *, inference: bool = False,
+                        fixed_window: bool = False, lstm: type[keras.layers.LSTM] = LSTM,
                         name: str | None = None) -> keras.Model:
     """Feature sequences float32 (B, T, F) -> per-frame Head probabilities float32 (B, T).
 
     T may be any length: the LSTMs are causal, so the score at position t
     depends only on positions 0..t. ``inference=True`` builds the same layers
-    without recurrent dropout: identical weights and outputs at inference,
-    but Keras can then use its fused LSTM kernels instead of a Python loop
-    over time steps. ``unroll=True`` fixes T to ``config.window`` and unrolls
-    the time loop: same weights, but on CPU a training step costs half as
-    much without TensorFlow's per-step loop overhead.
+    without recurrent dropout: identical weights and outputs at inference.
+    ``fixed_window=True`` fixes T to ``config.window``, one input shape for a
+    path compiled once. ``lstm`` is ``models.lstm.LSTM`` (Keras's LSTM with
+    the input projection hoisted out of the time loop); ``keras.layers.LSTM``
+    takes the same weights, for files that must load with Keras alone.
     """
     recurrent_dropout = 0.0 if inference else config.recurrent_dropout
     first, second = config.lstm_units
     seed = config.seed
-    inputs = keras.Input((config.window if unroll else None, feature_dim), name="features")
-    x = layers.LSTM(first, return_sequences=True, recurrent_dropout=recurrent_dropout, unroll=unroll,
-                    seed=seed, name="lstm_1")(inputs)
+    inputs = keras.Input((config.window if fixed_window else None, feature_dim), name="features")
+    x = lstm(first, return_sequences=True, recurrent_dropout=recurrent_dropout, seed=seed, name="lstm_1")(inputs)
     x = layers.BatchNormalization(name="bn_1")(x)
     x = layers.Dropout(config.dropout, seed=seed, name="dropout_1")(x)
-    x = layers.LSTM(second, return_sequences=True, recurrent_dropout=recurrent_dropout, unroll=unroll,
-                    seed=seed + 1, name="lstm_2")(x)
+    x = lstm(second, return_sequences=True, recurrent_dropout=recurrent_dropout, seed=seed + 1, name="lstm_2")(x)
     x = layers.BatchNormalization(name="bn_2")(x)
     x = layers.Dropout(config.dropout, seed=seed + 1, name="dropout_2")(x)
     x = layers.Dense(config.dense_units, activation="relu", name="dense")(x)

@@ -341,7 +341,7 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
     from train.data import load_dataset
     from train.kfold import train
     from train.synth import SynthConfig, synth_dataset
-    from train.trainer import focal_loss, read_history, step_mode
+    from train.trainer import compile_with_xla, focal_loss, read_history
 
     weights = folder / f"{backbone}.weights.h5"
     bundle.extractor.save_weights(weights)
@@ -361,7 +361,7 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
     if xla == "auto":
         # The final model's windows (about one a frame at stride 1) set a pack's epoch.
         full_size = math.ceil(config.dataset_frames / TrainConfig().batch_size) * TrainConfig().epochs
-        xla = "on" if step_mode(TrainConfig(), 6, full_size) == "xla" else "off"
+        xla = "on" if compile_with_xla(TrainConfig(), 6, full_size) else "off"
     epochs = 3
     train_config = TrainConfig(epochs=epochs, early_stopping=False, progress=False, cache_dir=str(cache), xla=xla)
     start = time.perf_counter()

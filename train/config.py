@@ -17,7 +17,7 @@ class TrainConfig:
     ``threshold_rule`` picks each fold's threshold on its training scans and
     the bundle's threshold on the pooled out-of-fold scores. ``xla`` compiles
     the training step with XLA: "auto" does so for packs of several heads
-    long enough to repay the compile (see ``train.trainer.step_mode``).
+    long enough to repay the compile (see ``train.trainer.compile_with_xla``).
     """
 
     folds: int = 5

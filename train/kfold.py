@@ -41,7 +41,7 @@ from train.data import Scan, load_dataset
 from train.folds import scan_folds
 from train.metrics import binary_metrics, choose_threshold
 from train.files import replacing, write_json
-from train.trainer import Member, Windows, epoch_steps, fit_pack, step_mode
+from train.trainer import Member, Windows, compile_with_xla, epoch_steps, fit_pack
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +172,13 @@ def train_pack(out: Path, jobs: list[Job], model_config: ModelConfig, train_conf
         val = Windows([d.inputs for d in job.val], [d.labels for d in job.val], **sets)
         val_sets.append(val if len(val) else None)
     epochs = max(job.epochs for job in jobs)
-    mode = step_mode(train_config, len(jobs), epoch_steps(train_sets, train_config.batch_size) * epochs)
-    xla, unroll = mode == "xla", mode == "unroll"
+    xla = compile_with_xla(train_config, len(jobs), epoch_steps(train_sets, train_config.batch_size) * epochs)
     keras.utils.set_random_seed(jobs[0].seed)
     with distribution_scope():
         extractors, heads, members = [], [], []
         for job, train_set, val_set in zip(jobs, train_sets, val_sets):
             extractor = _fresh_extractor(model_config, shared_extractor, train_config)
-            head = build_temporal_head(model_config, int(extractor.output_shape[-1]), unroll=unroll,
-                                       name=f"head_{job.tag}")
+            head = build_temporal_head(model_config, int(extractor.output_shape[-1]), name=f"head_{job.tag}")
             if train_config.train_backbone:
                 extractor.trainable = True
                 model = build_cnn_lstm(model_config, extractor, head)
@@ -190,7 +188,7 @@ def train_pack(out: Path, jobs: list[Job], model_config: ModelConfig, train_conf
             heads.append(head)
             members.append(Member(job.name, job.folder, model, train_set, val_set, job.epochs, job.seed))
         names = ", ".join(job.name for job in jobs)
-        log.info("training %s (%s steps)", names, mode)
+        log.info("training %s (%s)", names, "XLA" if xla else "no XLA")
         histories = fit_pack(members, out / "packs" / "-".join(job.tag for job in jobs), train_config, xla=xla,
                              description=names if len(jobs) < 3 else f"{len(jobs)} models")
     runtimes = []

@@ -132,3 +132,23 @@ def test_a_member_claiming_a_huge_size_is_refused_before_reading(bundle_path, tm
             zout.writestr(item.filename, data)
     with pytest.raises(BundleError, match=r"bundle.json is \d+ bytes unpacked, more than the 1048576"):
         read_meta(bomb)
+
+
+def test_export_writes_an_end_to_end_model_that_loads_with_keras_alone(bundle_path, tiny_config, tmp_path, rng):
+    import subprocess
+    import sys
+
+    from tools.cli import main
+
+    out = tmp_path / "model.keras"
+    assert main(["model", "export", str(bundle_path), str(out)]) == 0
+    clip = rng.normal(size=(2, tiny_config.window, 64, 64, 3)).astype(np.float32)
+    np.save(tmp_path / "clip.npy", clip)
+    bundle = load(bundle_path)
+    features = bundle.runtime().features(clip.reshape(-1, 64, 64, 3)).reshape(2, tiny_config.window, -1)
+    # A fresh process that imports Keras and nothing of fetalhead.
+    code = ("import sys, keras, numpy as np; m = keras.saving.load_model(sys.argv[1]); "
+            "np.save(sys.argv[3], m.predict_on_batch(np.load(sys.argv[2])))")
+    subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "clip.npy"), str(tmp_path / "scores.npy")],
+                   check=True, capture_output=True, cwd=tmp_path)
+    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), bundle.runtime().score_windows(features), atol=1e-5)

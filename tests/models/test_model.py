@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -137,11 +138,17 @@ def test_every_backbone_builds_with_its_feature_size():
         assert head.output_shape == (None, None)
 
 
-def test_unrolled_head_takes_the_same_weights_and_gives_the_same_scores(tiny_config, tiny_models, rng):
+def test_fixed_window_and_keras_lstm_heads_take_the_same_weights_and_give_the_same_scores(tiny_config, tiny_models,
+                                                                                           rng):
     _, head = tiny_models
-    unrolled = build_temporal_head(tiny_config, head.input_shape[-1], unroll=True, name="head_unrolled")
-    unrolled.set_weights(head.get_weights())
-    assert unrolled.input_shape == (None, tiny_config.window, head.input_shape[-1])
-    assert unrolled.name == "head_unrolled"
+    fixed = build_temporal_head(tiny_config, head.input_shape[-1], fixed_window=True, name="head_fixed")
+    fixed.set_weights(head.get_weights())
+    assert fixed.input_shape == (None, tiny_config.window, head.input_shape[-1])
+    assert fixed.name == "head_fixed"
+    stock = build_temporal_head(tiny_config, head.input_shape[-1], lstm=keras.layers.LSTM)
+    stock.set_weights(head.get_weights())
+    assert [type(layer) for layer in stock.layers if isinstance(layer, keras.layers.LSTM)] == [keras.layers.LSTM] * 2
     features = rng.normal(size=(3, tiny_config.window, head.input_shape[-1])).astype(np.float32)
-    np.testing.assert_allclose(unrolled.predict_on_batch(features), head.predict_on_batch(features), atol=1e-6)
+    expected = head.predict_on_batch(features)
+    np.testing.assert_allclose(fixed.predict_on_batch(features), expected, atol=1e-6)
+    np.testing.assert_allclose(stock.predict_on_batch(features), expected, atol=1e-6)

@@ -10,7 +10,7 @@ import numpy as np
 from models.cnn_lstm import build_temporal_head
 from models.config import ModelConfig
 from train.config import TrainConfig
-from train.trainer import Member, PackBatches, Windows, fit_pack, step_mode
+from train.trainer import Member, PackBatches, Windows, compile_with_xla, fit_pack
 
 MODEL = ModelConfig(backbone="tiny", weights="none", image_size=48, lstm_units=(16, 8), dense_units=8)
 FEATURES = 12
@@ -24,12 +24,11 @@ def scans(seed: int, lengths: list[int]) -> tuple[list[np.ndarray], list[np.ndar
     return inputs, labels
 
 
-def member(tmp_path, tag: str, seed: int, lengths: list[int], *, epochs: int, val: bool = True,
-           unroll: bool = True) -> Member:
+def member(tmp_path, tag: str, seed: int, lengths: list[int], *, epochs: int, val: bool = True) -> Member:
     sets = dict(window=MODEL.window, stride=2)
     train_set = Windows(*scans(seed, lengths), **sets)
     val_set = Windows(*scans(seed + 100, [30]), **sets) if val else None
-    head = build_temporal_head(MODEL, FEATURES, unroll=unroll, name=f"head_{tag}")
+    head = build_temporal_head(MODEL, FEATURES, name=f"head_{tag}")
     return Member(tag, tmp_path / tag, head, train_set, val_set, epochs, seed)
 
 
@@ -141,17 +140,17 @@ def test_pack_batches_give_every_window_each_epoch_in_full_batches():
         batches.on_epoch_end()
 
 
-def test_long_packs_compile_with_xla_long_single_heads_unroll_short_runs_neither():
-    assert step_mode(config(xla="auto"), members=6, steps=10**6) == "xla"
-    assert step_mode(config(xla="auto"), members=1, steps=10**6) == "unroll"
-    assert step_mode(config(xla="auto"), members=6, steps=100) == "plain"
-    assert step_mode(config(xla="on"), members=1, steps=1) == "xla"
-    assert step_mode(config(xla="off"), members=6, steps=10**6) == "unroll"
+def test_only_long_packs_of_several_heads_compile_with_xla_unless_forced():
+    assert compile_with_xla(config(xla="auto"), members=6, steps=10**6)
+    assert not compile_with_xla(config(xla="auto"), members=1, steps=10**6)
+    assert not compile_with_xla(config(xla="auto"), members=6, steps=100)
+    assert compile_with_xla(config(xla="on"), members=1, steps=1)
+    assert not compile_with_xla(config(xla="off"), members=6, steps=10**6)
 
 
 def test_a_pack_under_xla_learns(tmp_path):
     keras.utils.set_random_seed(6)
-    members = [member(tmp_path, t, s, [60, 60], epochs=6, unroll=False) for t, s in (("p", 10), ("q", 11))]
+    members = [member(tmp_path, t, s, [60, 60], epochs=6) for t, s in (("p", 10), ("q", 11))]
     histories = fit(tmp_path, "pack", members, config(xla="on", early_stopping=False))
     for history in histories:
         assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
