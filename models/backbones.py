@@ -26,6 +26,14 @@ IMAGENET_FILES = {
 
 FEATURE_SIZES = {"vgg19": 512, "mobilenetv2": 1280, "efficientnetb0": 1280, "tiny": 64}
 
+# Backbones whose single frames run faster compiled with XLA than through
+# TensorFlow's oneDNN kernels on a CPU. For plain 3x3 convolution stacks XLA
+# wins one frame at a time (VGG19: 187 against 238 ms on 2 cores) though
+# oneDNN wins batches (154 ms a frame at 8); for depthwise convolutions XLA
+# loses several-fold (MobileNetV2: 141 against 21 ms, EfficientNetB0: 217
+# against 31 ms).
+XLA_FRAME_BACKBONES = frozenset({"vgg19"})
+
 
 def keras_cache_dir() -> Path:
     """Where Keras looks for downloaded weights (honours KERAS_HOME)."""

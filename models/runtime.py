@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import keras
 import numpy as np
 
+from models.backbones import XLA_FRAME_BACKBONES
 from models.cnn_lstm import build_temporal_head, inference_head
 from models.config import ModelConfig
 from models.preprocess import preprocess, preprocess_batch
@@ -25,15 +26,32 @@ class Runtime:
     """A feature extractor and a temporal head ready to score frames.
 
     extractor: (S, S, 3) -> (F,) model; head: (T, F) -> (T,) model (either the
-    training head or its inference copy; the copy is made here).
+    training head or its inference copy; the copy is made here). ``frame_xla``
+    runs single frames through the extractor compiled with XLA; None decides
+    by backbone (``models.backbones.XLA_FRAME_BACKBONES``).
     """
 
-    def __init__(self, config: ModelConfig, extractor: keras.Model, head: keras.Model) -> None:
+    def __init__(self, config: ModelConfig, extractor: keras.Model, head: keras.Model, *,
+                 frame_xla: bool | None = None) -> None:
         self.config = config
         self.extractor = extractor
         self.training_head = head
         self.head = inference_head(head, config)
         self.feature_dim = int(extractor.output_shape[-1])
+        self.frame_xla = config.backbone in XLA_FRAME_BACKBONES if frame_xla is None else frame_xla
+
+    @functools.cached_property
+    def frame_extractor(self) -> keras.Model:
+        """The extractor for one frame at a time, a live stream's hot path.
+
+        With ``frame_xla`` on TensorFlow, a model sharing the extractor's
+        layers, compiled with XLA; otherwise the extractor itself.
+        """
+        if not self.frame_xla or keras.backend.backend() != "tensorflow":
+            return self.extractor
+        model = keras.Model(self.extractor.inputs, self.extractor.outputs, name=f"{self.extractor.name}_frame")
+        model.compile(jit_compile=True)
+        return model
 
     @functools.cached_property
     def step_head(self) -> keras.Model:
@@ -55,7 +73,8 @@ class Runtime:
         """Preprocessed float32 (N, S, S, 3) -> float32 (N, F)."""
         if len(images) == 0:
             return np.zeros((0, self.feature_dim), np.float32)
-        return np.asarray(self.extractor.predict_on_batch(images), np.float32)
+        extractor = self.frame_extractor if len(images) == 1 else self.extractor
+        return np.asarray(extractor.predict_on_batch(images), np.float32)
 
     def frame_features(self, frames: Iterable[np.ndarray]) -> np.ndarray:
         """Raw uint8 frames -> float32 (N, F)."""

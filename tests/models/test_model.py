@@ -152,3 +152,16 @@ def test_fixed_window_and_keras_lstm_heads_take_the_same_weights_and_give_the_sa
     expected = head.predict_on_batch(features)
     np.testing.assert_allclose(fixed.predict_on_batch(features), expected, atol=1e-6)
     np.testing.assert_allclose(stock.predict_on_batch(features), expected, atol=1e-6)
+
+
+def test_single_frames_through_the_xla_extractor_give_the_batched_features(tiny_config, tiny_models, rng):
+    images = rng.normal(size=(3, 64, 64, 3)).astype(np.float32)
+    plain = Runtime(tiny_config, *tiny_models)
+    assert not plain.frame_xla and plain.frame_extractor is plain.extractor
+    compiled = Runtime(tiny_config, *tiny_models, frame_xla=True)
+    batched = compiled.features(images)
+    singles = np.concatenate([compiled.features(image[None]) for image in images])
+    if keras.backend.backend() == "tensorflow":
+        assert compiled.frame_extractor is not compiled.extractor
+        assert compiled.frame_extractor.jit_compile
+    np.testing.assert_allclose(singles, batched, rtol=1e-5, atol=1e-5)
