@@ -10,6 +10,7 @@ copy without recurrent dropout (see ``inference_head``).
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Iterable, Sequence
 
 import keras
@@ -101,11 +102,19 @@ class Runtime:
 
         Keras traces a new function for the second batch size it meets, one
         that takes any batch size; tracing both now keeps that out of a stream.
+        TensorFlow counts these intended traces across all models and warns of
+        "excessive retracing" at the fifth; its log shows only errors meanwhile.
         """
-        size = self.config.image_size
-        features = self.features(np.zeros((2, size, size, 3), np.float32))
-        self.features(np.zeros((1, size, size, 3), np.float32))
-        one, two = features[:1], features
-        self.score_newest([one])
-        self.score_newest([one, two])
-        self.score_newest([one, two, one])
+        tensorflow_log = logging.getLogger("tensorflow")
+        level = tensorflow_log.level
+        tensorflow_log.setLevel(logging.ERROR)
+        try:
+            size = self.config.image_size
+            features = self.features(np.zeros((2, size, size, 3), np.float32))
+            self.features(np.zeros((1, size, size, 3), np.float32))
+            one, two = features[:1], features
+            self.score_newest([one])
+            self.score_newest([one, two])
+            self.score_newest([one, two, one])
+        finally:
+            tensorflow_log.setLevel(level)

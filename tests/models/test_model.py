@@ -165,3 +165,11 @@ def test_single_frames_through_the_xla_extractor_give_the_batched_features(tiny_
         assert compiled.frame_extractor is not compiled.extractor
         assert compiled.frame_extractor.jit_compile
     np.testing.assert_allclose(singles, batched, rtol=1e-5, atol=1e-5)
+
+
+def test_warm_up_traces_without_tensorflows_retracing_warning(tiny_config, tiny_models, caplog):
+    """Its traces are intended; TensorFlow counts them across models and would warn at the fifth."""
+    for _ in range(2):
+        with caplog.at_level("WARNING"):
+            Runtime(tiny_config, *tiny_models).warm_up()
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
