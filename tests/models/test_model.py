@@ -19,7 +19,10 @@ def test_vgg19_cnn_lstm_has_the_seeds_parameter_count():
     assert frozen == 20_024_384 + 768  # VGG19 conv weights + BatchNorm moving statistics
     assert model.input_shape == (None, 8, 224, 224, 3)
     assert model.output_shape == (None, 8)
-    assert model.get_layer("per_frame_features").output.shape == (None, 8, 512)
+    assert model.get_layer("temporal_head").input.shape == (None, None, 512)
+    # The clip's frames go through the backbone as one batch, not one call per time step.
+    assert model.get_layer("vgg19").input.shape == (None, 224, 224, 3)
+    assert not any(isinstance(layer, keras.layers.TimeDistributed) for layer in model.layers)
 
 
 def test_pieces_and_composition_agree(tiny_config, tiny_models, rng):
