@@ -110,8 +110,11 @@ class Runtime:
         tensorflow_log.setLevel(logging.ERROR)
         try:
             size = self.config.image_size
-            features = self.features(np.zeros((2, size, size, 3), np.float32))
-            self.features(np.zeros((1, size, size, 3), np.float32))
+            images = np.zeros((2, size, size, 3), np.float32)
+            # The batched extractor at two sizes, even where single frames take their own path.
+            self.extractor.predict_on_batch(images[:1])
+            features = self.features(images)
+            self.features(images[:1])
             one, two = features[:1], features
             self.score_newest([one])
             self.score_newest([one, two])

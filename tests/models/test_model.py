@@ -176,3 +176,25 @@ def test_warm_up_traces_without_tensorflows_retracing_warning(tiny_config, tiny_
         with caplog.at_level("WARNING"):
             Runtime(tiny_config, *tiny_models).warm_up()
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+def test_after_warm_up_no_batch_size_traces_again(tiny_config):
+    """The single-frame and batched paths are traced for any size, with XLA single frames too."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("counts TensorFlow traces")
+    size = tiny_config.image_size
+    for frame_xla in (False, True):
+        # Fresh models: the shared ones' functions have seen other tests' shapes.
+        extractor = build_feature_extractor(tiny_config)
+        head = build_temporal_head(tiny_config, extractor.output_shape[-1])
+        runtime = Runtime(tiny_config, extractor, head, frame_xla=frame_xla)
+        runtime.warm_up()
+        functions = [runtime.extractor.predict_function, runtime.frame_extractor.predict_function,
+                     runtime.head.predict_function, runtime.step_head.predict_function]
+        traced = [f.experimental_get_tracing_count() for f in functions]
+        for n in (1, 3, 5, 16):
+            runtime.features(np.zeros((n, size, size, 3), np.float32))
+        features = np.zeros((3, runtime.feature_dim), np.float32)
+        for n in (1, 4, 7):
+            runtime.score_newest([features] * n)
+        assert [f.experimental_get_tracing_count() for f in functions] == traced
