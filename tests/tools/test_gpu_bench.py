@@ -14,11 +14,12 @@ FRAMES = 24
 def test_gpu_bench_reports_every_figure_for_every_precision(tmp_path, capsys):
     path = tmp_path / "out" / "gpu.json"
     assert main(["--backbone", "tiny", "--image-size", "64", "--frames", str(FRAMES), "--batches", "8,1",
-                 "--live-frames", "12", "--precision", ",".join(PRECISIONS), "--json", str(path)]) == 0
+                 "--live-frames", "12", "--repeats", "2", "--precision", ",".join(PRECISIONS),
+                 "--json", str(path)]) == 0
 
     report = json.loads(path.read_text())
     for key in ("backend", "keras_version", "device", "host", "backbone", "image_size", "window", "frames",
-                "live_frames", "inputs", "target_replay_fps", "target_live_p99_ms", "results"):
+                "live_frames", "repeats", "inputs", "target_replay_fps", "target_live_p99_ms", "results"):
         assert key in report
     assert report["backend"] == keras.backend.backend()
     assert report["target_replay_fps"] == 1000 and report["target_live_p99_ms"] == 10
@@ -28,7 +29,10 @@ def test_gpu_bench_reports_every_figure_for_every_precision(tmp_path, capsys):
         assert [run["batch"] for run in result["replay"]] == [1, 8]
         for run in result["replay"]:
             assert run["frames_scored"] == FRAMES
-            assert run["frames_per_s"] > 0 and run["first_call_s"] > 0
+            assert run["frames_per_s"] > 0 and run["first_call_s"] > 0 and run["repeats"] == 2
+            # Of two passes the median reported is the slower one.
+            assert run["frames_per_s_min"] == run["frames_per_s"] <= run["frames_per_s_max"]
+            assert math.isclose(run["frames_per_s"], FRAMES / run["seconds"])
         assert result["best_frames_per_s"] == max(run["frames_per_s"] for run in result["replay"])
         assert result["skipped_batches"] == []
         live = result["live"]
@@ -48,7 +52,8 @@ def test_gpu_bench_reports_every_figure_for_every_precision(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--precision", "float8"), ("--frames", "0"), ("--batches", "8,-1"),
-                                         ("--live-frames", "x"), ("--seconds-budget", "0")])
+                                         ("--live-frames", "x"), ("--seconds-budget", "0"),
+                                         ("--repeats", "0")])
 def test_bad_flag_is_one_argparse_error_naming_it(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         main([flag, value])
