@@ -120,7 +120,11 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], *, prefix: str = "") -
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as exc:
+        # Range checks name their field alone; the table says which file section (or flag group) it is.
+        message = str(exc)
+        if prefix and not message.startswith(prefix):
+            raise ConfigError(f"{prefix}{message}") from None
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None

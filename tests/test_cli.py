@@ -55,18 +55,18 @@ BAD_FLAGS = [
     (["keys"], "the following arguments are required: folder"),
 ]
 BAD_TABLES = [
-    (["model", "info"], "[model]\nwindow = 0\n", "window: must be >= 1, got 0"),
-    (["synth", "{tmp}/out"], "[synth]\nscans = 0\n", "scans: must be >= 1, got 0"),
-    (["data", "check", "{tmp}"], "[data]\nwindow = 0\n", "window: must be >= 1, got 0"),
-    (["train", "{tmp}", "--out", "{tmp}/run"], "[train]\nfolds = 1\n", "folds: must be >= 2, got 1"),
+    (["model", "info"], "[model]\nwindow = 0\n", "model.window: must be >= 1, got 0"),
+    (["synth", "{tmp}/out"], "[synth]\nscans = 0\n", "synth.scans: must be >= 1, got 0"),
+    (["data", "check", "{tmp}"], "[data]\nwindow = 0\n", "data.window: must be >= 1, got 0"),
+    (["train", "{tmp}", "--out", "{tmp}/run"], "[train]\nfolds = 1\n", "train.folds: must be >= 2, got 1"),
     (["evaluate", "m.fhb", "{tmp}", "--out", "{tmp}/eval"], "[evaluate]\nbatch = 0\n",
      "evaluate.batch: unknown setting (known: "),
     (["capture", "synthetic"], '[capture]\nmode = "fast"\n', "capture.mode: 'fast' is not one of 'live', 'lossless'"),
-    (["worker", "--model", "m.fhb"], "[worker]\nwarn_interval_s = -1\n", "warn_interval_s: must be >= 0, got -1"),
-    (["watch"], "[watch]\ninterval_s = 0\n", "interval_s: must be > 0, got 0.0"),
-    (["record"], '[record]\ncsv = "s.csv"\nfps = 0\n', "fps: must be in (0, 1000], got 0.0"),
-    (["run", "synthetic", "--model", "m.fhb"], "[run]\nrestarts = -1\n", "restarts: must be >= 0, got -1"),
-    (["capture", "synthetic"], '[capture]\nallow = "keys/"\n', "allow: needs keys (--keys DIR) to turn CURVE on"),
+    (["worker", "--model", "m.fhb"], "[worker]\nwarn_interval_s = -1\n", "worker.warn_interval_s: must be >= 0, got -1"),
+    (["watch"], "[watch]\ninterval_s = 0\n", "watch.interval_s: must be > 0, got 0.0"),
+    (["record"], '[record]\ncsv = "s.csv"\nfps = 0\n', "record.fps: must be in (0, 1000], got 0.0"),
+    (["run", "synthetic", "--model", "m.fhb"], "[run]\nrestarts = -1\n", "run.restarts: must be >= 0, got -1"),
+    (["capture", "synthetic"], '[capture]\nallow = "keys/"\n', "capture.allow: needs keys (--keys DIR) to turn CURVE on"),
 ]
 
 
