@@ -336,6 +336,8 @@ class Heartbeat:
     ``role`` e.g. ``"capture"`` or ``"worker"``, ``t`` unix seconds.
     ``stats`` maps flat names to numbers, e.g. ``frames_in``, ``frames_out``,
     ``dropped``, ``rejected.<class>``, ``fps_in``, ``latency_p50`` (seconds).
+    ``stats["loading"]`` is 1 while the process is still starting (a worker
+    loading and warming up its model): alive, not yet ready.
     """
 
     TYPE: ClassVar[str] = "heartbeat"
@@ -361,6 +363,11 @@ class Heartbeat:
             stats[key] = _int(value, where) if is_int else _float(value, where)
         # A copy, so the caller's live counters cannot change a sent message.
         _set(self, "stats", stats)
+
+    @property
+    def loading(self) -> bool:
+        """The process is alive but still starting up."""
+        return bool(self.stats.get("loading", 0))
 
 
 @dataclass(frozen=True)

@@ -360,13 +360,14 @@ def build_specs(config: RunConfig, frames: str, scores: str, *,
 
 
 class WorkerReady:
-    """A non-blocking check, true once a worker heartbeat has arrived on the scores address.
+    """A non-blocking check, true once a ready worker's heartbeat has arrived on the scores address.
 
-    The worker binds its scores socket only after loading its model, and a
-    subscriber misses whatever is published before it has connected. The
-    capture is therefore held back until this check has seen a heartbeat:
-    by then the consumers, started long before and retrying their connection
-    every 100 ms, are subscribed too, and no first score is lost.
+    A worker's heartbeats are marked ``loading`` until its model is loaded
+    and warm, and a subscriber misses whatever is published before it has
+    connected. The capture is therefore held back until this check has seen
+    a heartbeat that is not ``loading``: by then the consumers, started long
+    before and retrying their connection every 100 ms, are subscribed too,
+    and no first score is lost.
     """
 
     def __init__(self, addr: str, curve: keys.ClientKeys | None = None) -> None:
@@ -377,9 +378,10 @@ class WorkerReady:
     def __call__(self) -> bool:
         while not self.ready and (data := net.recv(self._sock, 0)) is not None:
             try:
-                self.ready = isinstance(protocol.decode(data), protocol.Heartbeat)
+                msg = protocol.decode(data)
             except protocol.ProtocolError:
                 continue
+            self.ready = isinstance(msg, protocol.Heartbeat) and not msg.loading
         return self.ready
 
     def close(self) -> None:

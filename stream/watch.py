@@ -299,7 +299,8 @@ class StreamBoard:
 
         Keys: ``id`` (``_worker``, ``_capture.<name>``), ``role``, ``pid``,
         ``silent_s`` (since its last heartbeat), ``dead`` (silent for
-        ``dead_after_s`` or longer), ``frames_in``, ``frames_out``,
+        ``dead_after_s`` or longer), ``loading`` (still starting up, for
+        ``uptime_s``), ``frames_in``, ``frames_out``,
         ``dropped``, ``rejected`` (sum of every ``rejected.<class>``),
         ``rejected_by`` (class -> count), ``fps_in``, ``fps_out``, and
         ``stats`` (the whole heartbeat map). Missing figures are None.
@@ -314,6 +315,7 @@ class StreamBoard:
             out.append({
                 "id": pid_name, "role": proc.beat.role, "pid": proc.beat.pid,
                 "silent_s": silent, "dead": silent >= self.dead_after_s,
+                "loading": proc.beat.loading, "uptime_s": stats.get("uptime_s"),
                 "frames_in": stats.get("frames_in"), "frames_out": stats.get("frames_out"),
                 "dropped": stats.get("dropped"), "rejected": sum(rejected_by.values()),
                 "rejected_by": rejected_by, "fps_in": stats.get("fps_in"), "fps_out": stats.get("fps_out"),
@@ -408,6 +410,10 @@ def render(board: StreamBoard, now: float | None = None) -> RenderableType:
 
 def process_line(proc: dict) -> str:
     """One line of a process's heartbeat figures; figures it does not report are left out."""
+    if proc["loading"] and not proc["dead"]:
+        since = "" if proc["uptime_s"] is None else f" ({proc['uptime_s']:.0f} s)"
+        what = "loading its model" if proc["role"] == "worker" else "starting"
+        return f"{proc['role']} pid {proc['pid']}: {what}{since}"
     parts = [f"{name} {proc[key]}" for name, key in (("in", "frames_in"), ("out", "frames_out"),
                                                        ("dropped", "dropped")) if proc[key] is not None]
     if proc["rejected_by"] or proc["role"] == "worker":

@@ -7,7 +7,10 @@ join its stream's ``RollingWindow`` and the temporal head scores the window
 ending at it. The score is the head's last position, so a stream's scores
 equal ``Runtime.scan_scores`` of the same frames offline.
 
-``serve`` is the socket shell around it. Live mode (SUB) keeps only the
+``serve`` is the socket shell around it. It binds its scores socket first
+and, while the model loads and warms up (seconds on a CPU), publishes
+heartbeats marked ``loading``, so a watcher knows the worker is starting
+rather than missing. Live mode (SUB) keeps only the
 newest frame of each stream from whatever is waiting, so latency stays
 bounded however fast the source is; lossless mode (PULL) scores every frame
 once, in order, batching whatever backlog is waiting.
@@ -450,6 +453,36 @@ class _Loop:
         self.out.send(protocol.encode(beat))
 
 
+class LoadingHeartbeats:
+    """Heartbeats marked ``loading`` on ``out``, from a thread, for the length of a ``with`` block.
+
+    The block owns no use of ``out``: the thread does until the block ends,
+    and the join on leaving it hands the socket back to the caller's thread.
+    """
+
+    def __init__(self, out: zmq.Socket, interval_s: float) -> None:
+        self.out = out
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="loading-heartbeats", daemon=True)
+
+    def __enter__(self) -> "LoadingHeartbeats":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            stats = {"loading": 1, "uptime_s": time.monotonic() - self._started}
+            self.out.send(protocol.encode(protocol.Heartbeat(WORKER_ID, "worker", os.getpid(), time.time(), stats)))
+            if self._stop.wait(self.interval_s):
+                return
+
+
 def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
           stop_event: threading.Event | None = None, max_frames: int | None = None) -> WorkerStats:
     """Score frames from ``config.sub`` and publish scores on ``config.pub`` until stopped.
@@ -458,38 +491,41 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
     bundle's own config. Stops when ``stop_event`` is set, after
     ``max_frames`` scores, or after ``config.exit_after_eos`` ends of stream.
     """
-    from models.bundle import Bundle, load as load_bundle
-
     name = config.key_name or "worker"
     server = keys.server_keys(config.keys, name, config.allow)
     client = keys.client_keys(config.keys, name, "capture", config.server_key)
     net.check_bind_address(config.pub, allow_remote=config.allow_remote, log_remote=False)
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    runtime = bundle.runtime()
-    # Trace every compiled path now, not on the first frames of a stream.
-    runtime.warm_up()
-    scorer = Scorer(runtime, bundle.threshold, bundle.model_id, warn_interval_s=config.warn_interval_s)
-    stop = stop_event if stop_event is not None else threading.Event()
     kind = zmq.SUB if config.mode == "live" else zmq.PULL
     # Lossless needs room for a full batch to form in the queue; live wants a short queue of fresh frames.
     hwm = net.DEFAULT_HWM if config.mode == "live" else max(net.DEFAULT_HWM, 2 * config.max_batch)
-    started = time.monotonic()
-    with net.socket(kind, connect=config.sub[0], hwm=hwm, max_size=config.max_message_size, curve=client) as inp, \
-            net.socket(zmq.PUB, bind=config.pub, hwm=4 * hwm, linger=_SCORES_LINGER_MS,
-                       allow_remote=config.allow_remote, curve=server) as out:
-        for addr in config.sub[1:]:
-            inp.connect(addr)
-        logger.info("worker %s (%s, threshold %.3f): %s from %s, scores on %s", bundle.model_id,
-                    bundle.config.backbone, bundle.threshold, config.mode, ", ".join(config.sub), config.pub)
-        loop = _Loop(scorer, config, inp, out, stop, max_frames)
-        try:
-            loop.run()
-        except KeyboardInterrupt:
-            logger.info("worker interrupted")
-        finally:
-            loop.connections.close()
-        loop.heartbeat()
+    with net.socket(zmq.PUB, bind=config.pub, hwm=4 * hwm, linger=_SCORES_LINGER_MS,
+                    allow_remote=config.allow_remote, curve=server) as out:
+        with LoadingHeartbeats(out, config.heartbeat_s):
+            # Importing Keras is the longest part of a start-up: heartbeats say "loading" meanwhile.
+            from models.bundle import Bundle, load as load_bundle
+
+            if not isinstance(bundle, Bundle):
+                bundle = load_bundle(bundle)
+            runtime = bundle.runtime()
+            # Trace every compiled path now, not on the first frames of a stream.
+            runtime.warm_up()
+        scorer = Scorer(runtime, bundle.threshold, bundle.model_id, warn_interval_s=config.warn_interval_s)
+        stop = stop_event if stop_event is not None else threading.Event()
+        started = time.monotonic()
+        with net.socket(kind, connect=config.sub[0], hwm=hwm, max_size=config.max_message_size,
+                        curve=client) as inp:
+            for addr in config.sub[1:]:
+                inp.connect(addr)
+            logger.info("worker %s (%s, threshold %.3f): %s from %s, scores on %s", bundle.model_id,
+                        bundle.config.backbone, bundle.threshold, config.mode, ", ".join(config.sub), config.pub)
+            loop = _Loop(scorer, config, inp, out, stop, max_frames)
+            try:
+                loop.run()
+            except KeyboardInterrupt:
+                logger.info("worker interrupted")
+            finally:
+                loop.connections.close()
+            loop.heartbeat()
     logger.info("worker: %d frames in, %d scored, %d dropped, %d rejected", scorer.frames_in,
                 scorer.frames_out, scorer.dropped, sum(scorer.rejected.values()))
     return WorkerStats(scorer.frames_in, scorer.frames_out, scorer.dropped, dict(scorer.rejected), loop.ends,

@@ -157,7 +157,7 @@ class WorkerProcess:
         self.ready_s = self._wait_ready()
 
     def _wait_ready(self) -> float:
-        """Seconds from launch to the worker's first heartbeat, sent once its model is loaded and warm."""
+        """Seconds from launch to the worker's first heartbeat not marked ``loading``: its model is loaded and warm."""
         from stream import net, protocol
 
         deadline = time.monotonic() + 600
@@ -165,7 +165,8 @@ class WorkerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the worker exited with {self.process.returncode}: {self.process.stderr.read()}")
             data = net.recv(self.scores, 1.0)
-            if data is not None and isinstance(protocol.decode(data), protocol.Heartbeat):
+            msg = protocol.decode(data) if data is not None else None
+            if isinstance(msg, protocol.Heartbeat) and not msg.loading:
                 return time.perf_counter() - self.started
         raise RuntimeError("the worker did not start in 600 s")
 

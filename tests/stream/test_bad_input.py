@@ -71,7 +71,7 @@ def worker(background, sockets, address, tiny_bundle):
                           max_message_size=MAX_SIZE, warn_interval_s=0.0, exit_after_eos=1)
     task = background(lambda stop: serve(tiny_bundle, config, stop))
     sub = sockets(zmq.SUB, connect=scores_addr)
-    recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat))
+    recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat) and not m.loading)
     return push, sub, task
 
 
@@ -147,7 +147,7 @@ def test_a_frame_size_change_is_scored_and_reported_once(worker, caplog):
     assert status.stream == "cam" and status.level == "warning"
     assert status.message.startswith("stream cam: frame shape changed from (64, 80, 3) to (32, 40, 3) at seq 2")
     assert [line for line in _worker_lines(caplog) if "shape changed" in line] == [status.message]
-    beat = recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat))[-1]
+    beat = recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat) and not m.loading)[-1]
     assert beat.stats["shape_changes"] == 2
     assert task.join().frames_out == len(images)
 

@@ -19,7 +19,7 @@ from stream.protocol import EndOfStream, Heartbeat, Score, Status
 from stream.record import (HEAD_COLOUR, NOT_HEAD_COLOUR, RecordConfig, Recorder, annotate, border_width,
                            estimate_fps, gui_problem, record, stream_path)
 from stream.stats import GapCounter, LatencyWindow, RateCounter
-from stream.watch import StreamBoard, WatchConfig, render, row_line, watch
+from stream.watch import StreamBoard, WatchConfig, process_line, render, row_line, watch
 from tests.stream.conftest import WAIT_S, make_frames, read_video
 
 T0 = 1_700_000_000.0
@@ -129,6 +129,22 @@ def test_board_heartbeats_and_silent_worker_warning():
     assert board.warnings(now=T0 + 5) == []
     (warning,) = board.warnings(now=T0 + 7.5)
     assert "worker" in warning and "silent for 4 s" in warning
+
+
+def test_board_shows_a_loading_worker_as_starting_not_missing():
+    board = StreamBoard(clock=lambda: T0)
+    board.update(heartbeat(T0 + 1, loading=1, uptime_s=1.0), now=T0 + 1)
+    board.update(heartbeat(T0 + 9, loading=1, uptime_s=9.2), now=T0 + 9)
+    assert board.warnings(now=T0 + 10) == []
+    (proc,) = board.processes(now=T0 + 10)
+    assert proc["loading"] and proc["uptime_s"] == 9.2
+    assert process_line(proc) == "worker pid 4321: loading its model (9 s)"
+    # A worker that stops sending while loading is silent like any other.
+    (warning,) = board.warnings(now=T0 + 13)
+    assert "silent for 4 s" in warning
+    board.update(heartbeat(T0 + 13, frames_in=0, frames_out=0), now=T0 + 13)
+    (proc,) = board.processes(now=T0 + 13)
+    assert not proc["loading"] and process_line(proc).startswith("worker pid 4321: in 0 out 0")
 
 
 def test_board_expects_a_finished_capture_to_fall_silent():

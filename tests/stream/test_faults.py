@@ -148,8 +148,8 @@ def test_a_consumer_that_stops_reading_costs_bounded_memory_and_no_other_consume
     worker = background(lambda stop: serve(tiny_bundle, config, stop))
     reader = sockets(zmq.SUB, connect=scores_addr, hwm=0)
     stalled = sockets(zmq.SUB, connect=scores_addr, hwm=4)
-    recv_until(reader, lambda m: isinstance(m, protocol.Heartbeat))
-    recv_until(stalled, lambda m: isinstance(m, protocol.Heartbeat))
+    recv_until(reader, lambda m: isinstance(m, protocol.Heartbeat) and not m.loading)
+    recv_until(stalled, lambda m: isinstance(m, protocol.Heartbeat) and not m.loading)
 
     background(lambda stop: capture(Frames(count), CaptureConfig(pub=frames_addr, mode="lossless", fast=True), stop))
     scores, frames, baseline = [], 0, None

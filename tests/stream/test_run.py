@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
-from stream.run import ProcessSpec, RunConfig, Supervisor, build_specs, default_stream_id, run_pipeline
+from stream import net, protocol
+from stream.run import ProcessSpec, RunConfig, Supervisor, WorkerReady, build_specs, default_stream_id, run_pipeline
 
 PY = sys.executable
 WAIT_S = 20.0
@@ -208,6 +211,26 @@ def test_without_consumers_the_worker_ends_the_run():
     assert [s.name for s in specs] == ["worker", "capture"]
     assert specs[0].final and _args(specs[0])[-2:] == ["--exit-after-eos", "1"]
     assert "device0" in _args(specs[1])
+
+
+def test_worker_ready_waits_for_a_heartbeat_that_is_not_loading(address, sockets):
+    addr = address()
+    pub = sockets(zmq.XPUB, bind=addr)
+    ready = WorkerReady(addr)
+    try:
+        assert net.recv(pub, WAIT_S) is not None, "WorkerReady never subscribed"
+        beat = protocol.Heartbeat("_worker", "worker", 4321, time.time(), {"loading": 1, "uptime_s": 0.5})
+        for _ in range(5):
+            pub.send(protocol.encode(beat))
+        time.sleep(0.2)
+        assert not ready()
+        pub.send(protocol.encode(dataclasses.replace(beat, stats={"frames_in": 0})))
+        deadline = time.monotonic() + WAIT_S
+        while not ready():
+            assert time.monotonic() < deadline, "the ready heartbeat was not seen"
+            time.sleep(0.01)
+    finally:
+        ready.close()
 
 
 def test_default_stream_ids():

@@ -213,7 +213,7 @@ def test_pipeline_over_a_sniffed_wire(curve, key_dirs, relays, background, socke
             stranger, "client", "capture", server_key=site / "capture.key"))
     else:
         strangers = [sockets(zmq.SUB, connect=scores_addr)]
-    recv_until(consumer, lambda m: isinstance(m, protocol.Heartbeat))
+    recv_until(consumer, lambda m: isinstance(m, protocol.Heartbeat) and not m.loading)
 
     with caplog.at_level(logging.WARNING, logger="stream.net"):
         source = background(lambda stop: capture(PatternSource(), CaptureConfig(
@@ -251,7 +251,7 @@ def test_a_worker_whose_key_the_capture_does_not_allow_gets_no_frames(key_dirs, 
                           silence_s=30.0)
     worker = background(lambda stop: serve(tiny_bundle, config, stop))
     consumer = sockets(zmq.SUB, connect=scores_addr, curve=keys.client_keys(site, "client", "worker"))
-    recv_until(consumer, lambda m: isinstance(m, protocol.Heartbeat))
+    recv_until(consumer, lambda m: isinstance(m, protocol.Heartbeat) and not m.loading)
     with caplog.at_level(logging.WARNING):
         source = background(lambda stop: capture(PatternSource(), CaptureConfig(
             pub=frames_addr, mode="lossless", fast=True, keys=site, allow=allow), stop))

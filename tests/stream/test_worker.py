@@ -136,12 +136,39 @@ def start_worker(background, bundle, config, **kwargs):
 
 
 def wait_for_heartbeat(sub, **kwargs):
-    return recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat) and m.stream == "_worker", **kwargs)[-1]
+    """The worker's first heartbeat once it is ready (not ``loading``)."""
+    return recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat) and m.stream == "_worker"
+                      and not m.loading, **kwargs)[-1]
 
 
 def send(sock, data, timeout_s=10.0):
     assert sock.poll(int(timeout_s * 1000), zmq.POLLOUT), "worker never took the message"
     sock.send(data)
+
+
+def test_heartbeats_say_loading_while_the_model_loads_then_ready(background, sockets, address, tiny_bundle_path):
+    frames_addr, scores_addr = address(), address()
+    push = sockets(zmq.PUSH, bind=frames_addr)
+    config = WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode="lossless", heartbeat_s=0.02, exit_after_eos=1)
+    # From the bundle's file: loading and warming up take about a second, 50 loading heartbeats.
+    worker = start_worker(background, tiny_bundle_path, config)
+    sub = sockets(zmq.SUB, connect=scores_addr)
+    beats = [m for m in recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat) and not m.loading)
+             if isinstance(m, protocol.Heartbeat)]
+    loading, ready = beats[:-1], beats[-1]
+    assert loading, "no loading heartbeat before the ready one"
+    assert all(b.loading and b.stream == "_worker" and b.role == "worker" for b in loading)
+    assert loading[-1].stats["uptime_s"] > loading[0].stats["uptime_s"] >= 0
+    assert "frames_in" in ready.stats and "loading" not in ready.stats
+
+    # Ready means ready: the first frame sent now is scored.
+    (frame,) = frames_of("cam", make_frames(1))
+    send(push, protocol.encode(frame))
+    send(push, protocol.encode(protocol.EndOfStream("cam", 0, "eof", time.time())))
+    messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))
+    assert [m.seq for m in messages if isinstance(m, protocol.Score)] == [0]
+    assert not any(isinstance(m, protocol.Heartbeat) and m.loading for m in messages)
+    assert worker.join().frames_out == 1
 
 
 def test_bad_messages_are_rejected_and_good_frames_still_scored(background, sockets, address, tiny_bundle):
