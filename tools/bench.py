@@ -18,6 +18,11 @@ Sections (``--sections``):
   measured epoch time, against one backbone pass over the same frames and
   against the seed's way of running the backbone inside every training step.
 
+``--repeats N`` measures each section N times over and reports, per figure,
+the run whose ratio is the median, with the range of the N ratios: timings
+on a shared machine drift by tens of percent between minutes, and the range
+says how far to trust a ratio.
+
 Random weights everywhere: the compute is that of the real weights.
 """
 
@@ -57,6 +62,7 @@ class BenchConfig:
     train_scans: int = 10
     train_frames: int = 32
     train_xla: Literal["auto", "on", "off"] = "auto"
+    repeats: int = 1
     json: str = ""
 
     def __post_init__(self) -> None:
@@ -71,6 +77,7 @@ class BenchConfig:
         check(self.live_fps > 0, f"live_fps: must be > 0, got {self.live_fps}")
         check(self.train_scans >= 5, f"train_scans: must be >= 5 (one per fold), got {self.train_scans}")
         check(self.train_frames >= 16, f"train_frames: must be >= 16, got {self.train_frames}")
+        check(self.repeats >= 1, f"repeats: must be >= 1, got {self.repeats}")
 
 
 @dataclasses.dataclass
@@ -83,10 +90,40 @@ class Row:
     baseline: float | None = None
     baseline_name: str = ""
     target: str = ""
+    runs: int = 1
+    # The lowest and highest ratio over ``runs`` repeats of the measurement.
+    ratio_min: float | None = None
+    ratio_max: float | None = None
 
     @property
     def ratio(self) -> float | None:
         return None if self.baseline in (None, 0) else self.value / self.baseline
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return self.section, self.backbone, self.figure, self.baseline_name
+
+
+def combine(runs: Sequence[Sequence[Row]]) -> list[Row]:
+    """One row per figure from repeated runs of a section: the median run, with the ratios' range.
+
+    The median run is the one whose ratio (or, without a baseline, value) is
+    the median, the upper middle one of an even count, so value, baseline and
+    ratio stay one consistent measurement. Figures keep their first run's order;
+    a figure missing from some runs is combined over the others.
+    """
+    by_key: dict[tuple[str, str, str, str], list[Row]] = {}
+    for rows in runs:
+        for row in rows:
+            by_key.setdefault(row.key, []).append(row)
+    combined = []
+    for rows in by_key.values():
+        ratios = [row.ratio for row in rows if row.ratio is not None]
+        ordered = sorted(rows, key=lambda row: row.value if row.ratio is None else row.ratio)
+        middle = ordered[len(ordered) // 2]
+        combined.append(dataclasses.replace(middle, runs=len(rows), ratio_min=min(ratios) if ratios else None,
+                                            ratio_max=max(ratios) if ratios else None))
+    return combined
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
@@ -410,19 +447,28 @@ def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None)
 
     rows: list[Row] = []
     frames = synthetic_frames(config, config.frames)
+
+    def repeated(what: str, measure: Callable[[], list[Row]]) -> list[Row]:
+        runs = []
+        for i in range(config.repeats):
+            progress(what if config.repeats == 1 else f"{what} (run {i + 1} of {config.repeats})")
+            runs.append(measure())
+        return combine(runs)
+
     with tempfile.TemporaryDirectory() as tmp:
         for backbone in config.backbones:
             progress(f"{backbone}: building")
             bundle = make_bundle(backbone, config, Path(tmp))
             if "backbones" in config.sections:
-                progress(f"{backbone}: compiled path against model.predict")
-                rows += bench_backbone(backbone, bundle, config)
+                rows += repeated(f"{backbone}: compiled path against model.predict",
+                                 lambda: bench_backbone(backbone, bundle, config))
             if "stream" in config.sections:
-                progress(f"{backbone}: streaming")
-                rows += _stream_rows(backbone, config, frames, Path(tmp) / f"{backbone}.fhb")
+                rows += repeated(f"{backbone}: streaming",
+                                 lambda: _stream_rows(backbone, config, frames, Path(tmp) / f"{backbone}.fhb"))
             if "training" in config.sections:
-                progress(f"{backbone}: training")
-                rows += bench_training(backbone, bundle, config, Path(tmp))
+                # A folder per run: a second run in the first's would find its features cached and folds done.
+                rows += repeated(f"{backbone}: training",
+                                 lambda: bench_training(backbone, bundle, config, Path(tempfile.mkdtemp(dir=tmp))))
     return rows
 
 
@@ -436,6 +482,8 @@ def print_table(rows: Sequence[Row]) -> None:
     for row in rows:
         baseline = "" if row.baseline is None else f"{row.baseline:.4g} {row.unit} ({row.baseline_name})"
         ratio = "" if row.ratio is None else f"{row.ratio:.3g}"
+        if row.runs > 1 and row.ratio_min is not None:
+            ratio += f" ({row.ratio_min:.3g}-{row.ratio_max:.3g}, {row.runs} runs)"
         table.add_row(row.section, row.backbone, row.figure, f"{row.value:.4g} {row.unit}", baseline, ratio,
                       row.target)
     # Wide enough for the table when piped to a file or a CI log.
@@ -449,11 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image-size", type=int)
     p.add_argument("--frames", type=int, help="frames per streaming measurement (default 24)")
     p.add_argument("--live-seconds", type=float)
+    p.add_argument("--repeats", type=int, help="measure each section this many times; report the median run "
+                                                "and the ratios' range (default 1)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--config", help="TOML file with a [bench] table")
     args = p.parse_args(argv)
     overrides = {"backbones": args.backbones, "sections": args.sections, "image_size": args.image_size,
-                 "frames": args.frames, "live_seconds": args.live_seconds, "json": args.json}
+                 "frames": args.frames, "live_seconds": args.live_seconds, "repeats": args.repeats,
+                 "json": args.json}
 
     def work() -> int:
         from rich.console import Console
