@@ -19,9 +19,9 @@ Sections (``--sections``):
   against the seed's way of running the backbone inside every training step.
 
 ``--repeats N`` measures each section N times over and reports, per figure,
-the run whose ratio is the median, with the range of the N ratios: timings
-on a shared machine drift by tens of percent between minutes, and the range
-says how far to trust a ratio.
+the run whose ratio is the median, with the range of the N ratios (``--json``
+holds every run's): timings on a shared machine drift by tens of percent
+between minutes, and the range says how far to trust a ratio.
 
 Random weights everywhere: the compute is that of the real weights.
 """
@@ -91,7 +91,8 @@ class Row:
     baseline_name: str = ""
     target: str = ""
     runs: int = 1
-    # The lowest and highest ratio over ``runs`` repeats of the measurement.
+    # Every run's ratio in run order, and the lowest and highest of them.
+    ratios: tuple[float, ...] = ()
     ratio_min: float | None = None
     ratio_max: float | None = None
 
@@ -121,7 +122,8 @@ def combine(runs: Sequence[Sequence[Row]]) -> list[Row]:
         ratios = [row.ratio for row in rows if row.ratio is not None]
         ordered = sorted(rows, key=lambda row: row.value if row.ratio is None else row.ratio)
         middle = ordered[len(ordered) // 2]
-        combined.append(dataclasses.replace(middle, runs=len(rows), ratio_min=min(ratios) if ratios else None,
+        combined.append(dataclasses.replace(middle, runs=len(rows), ratios=tuple(ratios),
+                                            ratio_min=min(ratios) if ratios else None,
                                             ratio_max=max(ratios) if ratios else None))
     return combined
 

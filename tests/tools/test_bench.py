@@ -36,6 +36,7 @@ def test_repeats_report_the_median_run_and_the_ratios_range(tmp_path):
     (row,) = json.loads(path.read_text())
     assert row["runs"] == 3
     assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+    assert len(row["ratios"]) == 3 and row["ratio"] in row["ratios"]
     assert row["ratio"] == row["value"] / row["baseline"]
 
 
@@ -49,6 +50,7 @@ def test_combine_takes_the_median_run_of_each_figure():
     f, startup, g = combine([first, second, third])
     # The whole median run, its own baseline with it: not a median value over another run's baseline.
     assert (f.ratio, f.baseline, f.runs, f.ratio_min, f.ratio_max) == (1.2, 10.0, 3, 1.0, 1.5)
+    assert f.ratios == (1.2, 1.0, 1.5)
     assert (startup.value, startup.runs, startup.ratio_min) == (8.0, 3, None)
     # Missing from one run: combined over the two that have it, the upper of the middle two.
     assert (g.figure, g.runs, g.ratio, g.ratio_min, g.ratio_max) == ("g", 2, 0.7, 0.5, 0.7)
