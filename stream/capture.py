@@ -333,24 +333,6 @@ def _publish_frames(source: Source, pub: _Publisher, config: CaptureConfig) -> s
     return "stopped" if pub.stop.is_set() else "eof"
 
 
-@contextlib.contextmanager
-def process_scope() -> Iterator[threading.Event]:
-    """For a command's ``main``: a stop event that SIGINT and SIGTERM set, and a clean exit.
-
-    On the way out the process-wide ZeroMQ context is terminated, which
-    waits (up to each socket's linger) for queued messages to leave:
-    ZeroMQ drops them when a process just exits. It blocks while any socket
-    is open, so only a ``main`` that owns its process uses this.
-    """
-    try:
-        with net.signal_stop() as stop:
-            yield stop
-    finally:
-        # The ZAP handler holds sockets of the context: term() would wait for it forever.
-        net.stop_authenticator()
-        net.context().term()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = make_parser("capture", "Publish frames from a video device, video file, scan folder or synthetic source.")
     p.add_argument("source", help="device index (0), video file, scan folder, or 'synthetic'")
@@ -375,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         config = load(CaptureConfig, "capture", args.config, overrides)
-        with process_scope() as stop:
+        with net.process_scope() as stop:
             capture(args.source, config, stop)
         return 0
 

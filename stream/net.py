@@ -342,3 +342,21 @@ def signal_stop(signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIG
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def process_scope() -> Iterator[threading.Event]:
+    """For a command's ``main``: a stop event that SIGINT and SIGTERM set, and a clean exit.
+
+    On the way out the process-wide ZeroMQ context is terminated, which
+    waits (up to each socket's linger) for queued messages to leave:
+    ZeroMQ drops them when a process just exits. It blocks while any socket
+    is open, so only a ``main`` that owns its process uses this.
+    """
+    try:
+        with signal_stop() as stop:
+            yield stop
+    finally:
+        # The ZAP handler holds sockets of the context: term() would wait for it forever.
+        stop_authenticator()
+        context().term()

@@ -39,7 +39,6 @@ import numpy as np
 
 from models.config import ConfigError, check, load
 from stream import keys, net, protocol
-from stream.capture import process_scope
 from stream.stats import GapCounter
 from stream.watch import LABELS, Subscription, check_stream_id, decision_label
 from tools.cli import parser as make_parser, run
@@ -628,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         config = load(RecordConfig, "record", args.config, overrides)
-        with process_scope() as stop:
+        with net.process_scope() as stop:
             record(config, stop)
         return 0
 

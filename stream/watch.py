@@ -31,7 +31,6 @@ from rich.text import Text
 
 from models.config import check, load
 from stream import keys, net, protocol
-from stream.capture import process_scope
 from stream.stats import GapCounter, LatencyWindow, RateCounter
 from tools.cli import parser as make_parser, run
 
@@ -533,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         config = load(WatchConfig, "watch", args.config, overrides)
-        with process_scope() as stop:
+        with net.process_scope() as stop:
             watch(config, stop)
         return 0
 

@@ -39,7 +39,6 @@ import zmq
 from models.config import check, load
 from models.scoring import RollingWindow
 from stream import keys, net, protocol
-from stream.capture import process_scope
 from tools.cli import parser as make_parser, run
 
 if TYPE_CHECKING:
@@ -569,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         config = load(WorkerConfig, "worker", args.config, overrides)
-        with process_scope() as stop:
+        with net.process_scope() as stop:
             serve(args.model, config, stop, args.max_frames)
         return 0
 
