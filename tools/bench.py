@@ -91,14 +91,20 @@ class Row:
     baseline_name: str = ""
     target: str = ""
     runs: int = 1
-    # Every run's ratio in run order, and the lowest and highest of them.
+    # Every run's ratio, in run order.
     ratios: tuple[float, ...] = ()
-    ratio_min: float | None = None
-    ratio_max: float | None = None
 
     @property
     def ratio(self) -> float | None:
         return None if self.baseline in (None, 0) else self.value / self.baseline
+
+    @property
+    def ratio_min(self) -> float | None:
+        return min(self.ratios) if self.ratios else None
+
+    @property
+    def ratio_max(self) -> float | None:
+        return max(self.ratios) if self.ratios else None
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -122,9 +128,7 @@ def combine(runs: Sequence[Sequence[Row]]) -> list[Row]:
         ratios = [row.ratio for row in rows if row.ratio is not None]
         ordered = sorted(rows, key=lambda row: row.value if row.ratio is None else row.ratio)
         middle = ordered[len(ordered) // 2]
-        combined.append(dataclasses.replace(middle, runs=len(rows), ratios=tuple(ratios),
-                                            ratio_min=min(ratios) if ratios else None,
-                                            ratio_max=max(ratios) if ratios else None))
+        combined.append(dataclasses.replace(middle, runs=len(rows), ratios=tuple(ratios)))
     return combined
 
 
@@ -517,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(rows)
         if config.json:
             Path(config.json).write_text(json.dumps(
-                [{**dataclasses.asdict(r), "ratio": r.ratio} for r in rows], indent=2))
+                [{**dataclasses.asdict(r), "ratio": r.ratio, "ratio_min": r.ratio_min, "ratio_max": r.ratio_max}
+                 for r in rows], indent=2))
         return 0
 
     return run(work, verbose=args.verbose)
