@@ -1,29 +1,11 @@
-"""The CNN-LSTM, its one preprocessing function, and model bundles.
+"""The bottom of the library: the CNN-LSTM, its one preprocessing function, bundles, and what every package shares.
 
-``models.load``, ``models.save`` and ``models.preprocess`` are imported lazily so
-that light commands (``fetalhead --help``, the protocol) do not import Keras.
+``errors`` (the one-line error types) and ``settings`` (typed dataclass
+settings read from TOML and flags) import neither Keras nor TensorFlow, and
+neither do ``config``, ``classes``, ``windows`` and ``progress``; they are what
+``stream`` and ``train`` build on. ``cnn_lstm`` is the one model definition,
+``preprocess`` the one preprocessing function, ``runtime`` and ``scoring`` the
+compiled inference paths shared by evaluation and the worker, and ``bundle``
+the single file a trained model travels in. Importing this package imports
+nothing else.
 """
-
-import os
-
-# TensorFlow's C++ start-up chatter buries the tool's own messages.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-_LAZY = {
-    "load": ("models.bundle", "load"),
-    "save": ("models.bundle", "save"),
-    "Bundle": ("models.bundle", "Bundle"),
-    "preprocess": ("models.preprocess", "preprocess"),
-    "preprocess_batch": ("models.preprocess", "preprocess_batch"),
-    "ModelConfig": ("models.config", "ModelConfig"),
-    "Runtime": ("models.runtime", "Runtime"),
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -15,3 +15,7 @@ class WeightsError(FetalheadError):
 
 class DataError(FetalheadError):
     """A dataset, scan, label file or image that cannot be read or used."""
+
+
+class ConfigError(FetalheadError, ValueError):
+    """A setting with a wrong name, type or value; the message is one line."""

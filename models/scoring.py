@@ -4,7 +4,7 @@ A live worker scores frame t with the head run over the window ending at t
 and takes the last position. Before a full window exists, frame t < W - 1 is
 scored over frames 0..t; the LSTMs are causal, so that equals position t of
 the scan's first full window. ``streaming_scores`` computes exactly these
-scores in batches; ``RollingWindow`` is the worker's incremental form.
+scores in batches; ``models.windows.RollingWindow`` is the worker's incremental form.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+
+from models.windows import sliding
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """float32 (B, T, F) feature windows -> float32 (B, T) per-position scores."""
@@ -31,7 +33,7 @@ def streaming_scores(features: np.ndarray, score_windows: ScoreFn, window: int,
         return np.zeros(0, np.float32)
     if n < window:
         return np.asarray(score_windows(features[None]), np.float32)[0]
-    windows = np.lib.stride_tricks.sliding_window_view(features, window, axis=0).transpose(0, 2, 1)
+    windows = sliding(features, window)
     out = np.empty(n, np.float32)
     for start in range(0, len(windows), batch_size):
         scores = np.asarray(score_windows(np.ascontiguousarray(windows[start:start + batch_size])), np.float32)
@@ -60,56 +62,7 @@ def window_scores(features: np.ndarray, score_windows: ScoreFn, window: int, str
 
     features: float32 (N, F). Returns float32 (n_windows, window).
     """
-    features = np.asarray(features, np.float32)
-    if len(features) < window:
+    windows = sliding(np.asarray(features, np.float32), window, stride)
+    if len(windows) == 0:
         return np.zeros((0, window), np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(features, window, axis=0).transpose(0, 2, 1)[::stride]
     return np.asarray(score_windows(np.ascontiguousarray(windows)), np.float32)
-
-
-class RollingWindow:
-    """The last ``window`` feature vectors of one stream, with gap tracking.
-
-    Push each frame's features with its sequence number; ``view()`` is the
-    (k, F) window to score, k <= window, newest last.
-    """
-
-    def __init__(self, window: int, feature_dim: int) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        self.window = window
-        self._buffer = np.zeros((window, feature_dim), np.float32)
-        self._seqs = np.full(window, -1, np.int64)
-        self._count = 0
-
-    def push(self, features: np.ndarray, seq: int) -> None:
-        """Add one frame's float32 (F,) features; the oldest leaves a full window."""
-        if self._count == self.window:
-            self._buffer[:-1] = self._buffer[1:]
-            self._seqs[:-1] = self._seqs[1:]
-            self._buffer[-1] = features
-            self._seqs[-1] = seq
-        else:
-            self._buffer[self._count] = features
-            self._seqs[self._count] = seq
-            self._count += 1
-
-    def reset(self) -> None:
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def view(self) -> np.ndarray:
-        """float32 (k, F): the frames behind the newest score, oldest first."""
-        return self._buffer[:self._count]
-
-    @property
-    def warming_up(self) -> bool:
-        return self._count < self.window
-
-    @property
-    def has_gap(self) -> bool:
-        """True when sequence numbers inside the window are not consecutive."""
-        seqs = self._seqs[:self._count]
-        return bool(self._count > 1 and np.any(np.diff(seqs) != 1))

@@ -1,6 +1,8 @@
 import pytest
 
-from models.config import ConfigError, ModelConfig, load, parse_roi
+from models.errors import ConfigError
+from models.config import ModelConfig, parse_roi
+from models.settings import load
 
 
 def test_defaults_are_the_seed_design():
@@ -14,13 +16,6 @@ def test_defaults_are_the_seed_design():
     assert config.dropout == 0.4
     assert config.dense_units == 64
     assert config.head_dropout == 0.3
-
-
-def test_toml_then_overrides(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[model]\nbackbone = "tiny"\nimage-size = 96\nlstm_units = [32, 16]\n')
-    config = load(ModelConfig, "model", path, {"window": 4, "image_size": None})
-    assert (config.backbone, config.image_size, config.window, config.lstm_units) == ("tiny", 96, 4, (32, 16))
 
 
 @pytest.mark.parametrize("values, message", [
@@ -38,15 +33,6 @@ def test_bad_values_are_one_line_naming_the_setting(values, message):
         load(ModelConfig, "model", None, values)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
-
-
-def test_bad_toml_file(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text("[model\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load(ModelConfig, "model", path)
-    with pytest.raises(ConfigError, match="not found"):
-        load(ModelConfig, "model", tmp_path / "missing.toml")
 
 
 def test_roi_forms():
