@@ -2,8 +2,9 @@
 
 A bundle is a zip file::
 
-    bundle.json            format, version, ModelConfig, threshold, class names,
-                           training summary and metrics, package versions
+    bundle.json            format, version, preprocessing version, ModelConfig,
+                           threshold, class names, training summary and
+                           metrics, package versions
     extractor.weights.h5   the backbone's weights (Keras weights file)
     head.weights.h5        the temporal head's weights
 
@@ -13,6 +14,10 @@ file: no code, no pickle, and no Keras config is deserialised, which is
 stricter than Keras's safe mode. Only the three members above are read, so
 anything else in the zip is ignored; bundle.json's fields are type-checked
 and the members' stated sizes capped before anything is read.
+
+A bundle made with another preprocessing version (``PREPROCESS_VERSION``)
+is refused: its weights were fitted to inputs this code no longer makes.
+``export_keras`` writes a bundle as one end-to-end Keras model.
 """
 
 from __future__ import annotations
@@ -30,14 +35,18 @@ from typing import Any
 import keras
 
 from models.backbones import load_weights_strict
-from models.cnn_lstm import build_feature_extractor, build_temporal_head
-from models.config import ConfigError, ModelConfig, from_mapping, to_dict
-from models.errors import BundleError, WeightsError
+from models.classes import CLASS_NAMES
+from models.cnn_lstm import build_cnn_lstm, build_feature_extractor, build_temporal_head
+from models.config import ModelConfig
+from models.errors import BundleError, ConfigError, WeightsError
+from models.preprocess import PREPROCESS_VERSION
 from models.runtime import Runtime
+from models.settings import from_mapping, to_dict
 
 FORMAT = "fetalhead-bundle"
 FORMAT_VERSION = 1
-CLASS_NAMES = ("Not-Head", "Head")
+# Bundles written before bundle.json recorded it were made with the first preprocessing.
+_FIRST_PREPROCESS_VERSION = 1
 _MEMBERS = ("bundle.json", "extractor.weights.h5", "head.weights.h5")
 # Far above any real bundle (VGG19's weights are 80 MB), far below a zip bomb's claims.
 _MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "extractor.weights.h5": 2 << 30, "head.weights.h5": 2 << 30}
@@ -83,6 +92,7 @@ def save(path: str | Path, config: ModelConfig, extractor: keras.Model, head: ke
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "preprocess_version": PREPROCESS_VERSION,
         "config": to_dict(config),
         "feature_dim": int(extractor.output_shape[-1]),
         "threshold": float(threshold),
@@ -136,11 +146,20 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"model bundle {path}: made by a newer fetalhead (bundle format {version}, "
                           f"this version reads up to {FORMAT_VERSION}): upgrade fetalhead")
     _check_meta_types(path, meta)
+    made_with = meta.get("preprocess_version", _FIRST_PREPROCESS_VERSION)
+    if made_with != PREPROCESS_VERSION:
+        raise BundleError(f"model bundle {path}: made with preprocessing version {made_with}, but this fetalhead "
+                          f"preprocesses frames with version {PREPROCESS_VERSION}: retrain the model "
+                          "(fetalhead train) to use it")
     return meta
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
@@ -152,8 +171,9 @@ def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
         ("class_names", "class_names" not in meta or (
             isinstance(meta["class_names"], list) and len(meta["class_names"]) == 2
             and all(isinstance(c, str) and c for c in meta["class_names"])), "two class names"),
-        ("feature_dim", meta.get("feature_dim") is None or (
-            isinstance(meta["feature_dim"], int) and not isinstance(meta["feature_dim"], bool)), "an integer"),
+        ("feature_dim", meta.get("feature_dim") is None or _is_integer(meta["feature_dim"]), "an integer"),
+        ("preprocess_version", "preprocess_version" not in meta or _is_integer(meta["preprocess_version"]),
+         "an integer"),
         ("info", isinstance(meta.get("info", {}), dict), "a table"),
     )
     for name, ok, what in checks:
@@ -195,3 +215,18 @@ def load(path: str | Path) -> Bundle:
     return Bundle(config=config, extractor=extractor, head=head, threshold=threshold,
                   class_names=tuple(meta.get("class_names", CLASS_NAMES)), info=meta.get("info", {}),
                   path=path, model_id=f"{config.backbone}-{digest}")
+
+
+def export_keras(bundle: Bundle, out: str | Path) -> Path:
+    """Write ``bundle`` as one end-to-end Keras model to ``out`` (a ``.keras`` file); returns its path.
+
+    The model maps preprocessed frames float32 (B, window, S, S, 3) (see
+    ``models.preprocess``) to per-frame scores float32 (B, window). Its head
+    uses Keras's own LSTM layers, so the file loads where fetalhead is not
+    installed.
+    """
+    head = build_temporal_head(bundle.config, bundle.head.input_shape[-1], lstm=keras.layers.LSTM)
+    head.set_weights(bundle.head.get_weights())
+    out = Path(out)
+    build_cnn_lstm(bundle.config, bundle.extractor, head).save(out)
+    return out

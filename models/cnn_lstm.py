@@ -9,10 +9,12 @@ The seed's CNN-LSTM, split where the project uses it separately::
 Training caches the extractor's features and fits only the head; the streaming
 worker runs the extractor once per frame and the head on a buffer of features.
 Keras 3 ops only, so the same code runs on the TensorFlow, JAX and PyTorch backends.
+``describe`` lists the composed model's layers for ``fetalhead model info``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -90,3 +92,28 @@ def parameter_counts(model: keras.Model) -> tuple[int, int]:
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
     return trainable, frozen
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """The CNN-LSTM of a config, layer by layer: ``layers`` rows are (name, output shape, parameters)."""
+
+    layers: list[tuple[str, str, int]]
+    feature_dim: int
+    trainable: int
+    non_trainable: int
+
+
+def describe(config: ModelConfig) -> ModelSummary:
+    """Build the model of ``config`` and list its layers, feature size and parameter counts."""
+    extractor = build_feature_extractor(config)
+    model = build_cnn_lstm(config, extractor)
+    head = model.layers[-1]
+    feature_dim = int(extractor.output_shape[-1])
+    size = config.image_size
+    rows = [("frames", str((None, config.window, size, size, 3)), 0),
+            (f"per-frame {extractor.name} (frozen, avg pool)", str((None, config.window, feature_dim)),
+             int(extractor.count_params()))]
+    rows += [(layer.name, str(layer.output.shape), int(layer.count_params())) for layer in head.layers[1:]]
+    trainable, frozen = parameter_counts(model)
+    return ModelSummary(rows, feature_dim, int(trainable), int(frozen))

@@ -22,6 +22,7 @@ import numpy as np
 
 from models.errors import DataError
 from models.preprocess import PREPROCESS_VERSION, preprocess_batch
+from models.progress import NO_PROGRESS, Progress, Task
 from models.runtime import Runtime
 from train.data import Scan
 
@@ -126,8 +127,8 @@ class FeatureCache:
         digests.clear()
         rows.clear()
 
-    def scan_features(self, scan: Scan, advance=None) -> ScanFeatures:
-        """Features of every frame of ``scan``; ``advance(n)`` reports progress."""
+    def scan_features(self, scan: Scan, task: Task | None = None) -> ScanFeatures:
+        """Features of every frame of ``scan``; ``task``, when given, advances by one a frame."""
         out = np.empty((len(scan), self.runtime.feature_dim), np.float32)
         hashes: list[str] = []
         pending: list[np.ndarray] = []
@@ -148,29 +149,25 @@ class FeatureCache:
                 if len(pending) >= self.batch_size:
                     self._flush(pending, pending_digests, out, pending_rows)
             count += 1
-            if advance is not None:
-                advance(1)
+            if task is not None:
+                task.update(advance=1)
         if pending:
             self._flush(pending, pending_digests, out, pending_rows)
         if count != len(scan):
             raise DataError(f"scan {scan.root}: read {count} frames but the labels list {len(scan)}")
         return ScanFeatures(scan.name, out, hashes, np.asarray(scan.labels, np.int8))
 
-    def extract(self, scans: Sequence[Scan], *, progress: bool = True) -> dict[str, ScanFeatures]:
-        """Features of all ``scans`` by name, with a rich progress bar over frames."""
-        total = sum(len(scan) for scan in scans)
-        if not progress:
-            return {scan.name: self.scan_features(scan) for scan in scans}
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn("[bold]features[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn())
+    def extract(self, scans: Sequence[Scan], *, progress: Progress = NO_PROGRESS) -> dict[str, ScanFeatures]:
+        """Features of all ``scans`` by name; ``progress`` gets one task over their frames."""
+        backbone = self.runtime.config.backbone
+        task = progress.task(f"features {backbone}", sum(len(scan) for scan in scans))
         result = {}
-        with Progress(*columns, transient=False) as bar:
-            task = bar.add_task(self.runtime.config.backbone, total=total)
+        try:
             for scan in scans:
-                bar.update(task, description=f"{self.runtime.config.backbone} {scan.name}")
-                result[scan.name] = self.scan_features(scan, advance=lambda n: bar.advance(task, n))
+                task.update(description=f"features {backbone} {scan.name}")
+                result[scan.name] = self.scan_features(scan, task)
+        finally:
+            task.close()
         log.info("feature cache %s: %d read, %d computed, %d rebuilt", self.folder, self.hits, self.misses,
                  self.rebuilt)
         return result

@@ -1,16 +1,19 @@
-"""Training settings; defaults are the seed's (focal loss 2.0/0.79, Adam 1e-5, batch 8, 50 epochs)."""
+"""Settings of training (``TrainConfig``) and of the dataset check (``CheckConfig``).
+
+TrainConfig's defaults are the seed's: focal loss 2.0/0.79, Adam 1e-5, batch 8, 50 epochs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
 
-from models.config import check
+from models.settings import check, setting
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How the temporal head is trained and evaluated by k-fold cross-validation.
+    """How the temporal head is trained and evaluated by k-fold cross-validation (TOML table ``[train]``).
 
     ``fold`` runs that one fold alone (0-based) for runs spread over machines.
     ``final_epochs`` None means the median of the folds' best epochs.
@@ -18,28 +21,32 @@ class TrainConfig:
     the bundle's threshold on the pooled out-of-fold scores. ``xla`` compiles
     the training step with XLA: "auto" does so for packs of several heads
     long enough to repay the compile (see ``train.trainer.compile_with_xla``).
+    ``progress`` is read by the command, which draws the bars.
     """
 
-    folds: int = 5
-    fold: int | None = None
-    epochs: int = 50
-    final_epochs: int | None = None
-    final: bool = True
-    batch_size: int = 8
-    learning_rate: float = 1e-5
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.79
-    early_stopping: bool = True
-    patience: int = 30
-    stride: int = 1
-    seed: int = 0
-    holdout: tuple[str, ...] = ()
-    threshold_rule: Literal["youden", "f1"] = "youden"
-    train_backbone: bool = False
-    cache_dir: str = ""
-    extract_batch: int = 32
-    xla: Literal["auto", "on", "off"] = "auto"
-    progress: bool = True
+    folds: int = setting(5, "folds of the cross-validation, grouped by scan")
+    fold: int | None = setting(None, "run only this fold (0-based), for runs spread over machines",
+                               shown="every fold")
+    epochs: int = setting(50, "most epochs per fold")
+    final_epochs: int | None = setting(None, "epochs of the final model", shown="the folds' median best epoch")
+    final: bool = setting(True, "train the final model on every non-holdout scan and write the bundle")
+    batch_size: int = setting(8, "windows per training batch")
+    learning_rate: float = setting(1e-5, "Adam's learning rate")
+    focal_gamma: float = setting(2.0, "focusing parameter of the focal loss")
+    focal_alpha: float = setting(0.79, "weight of the Head class in the focal loss")
+    early_stopping: bool = setting(True, "stop a fold when its validation loss stops improving")
+    patience: int = setting(30, "epochs without a better validation loss before a fold stops")
+    stride: int = setting(1, "step in frames between training windows")
+    seed: int = setting(0, "seed of the folds, the batches and the weights")
+    holdout: tuple[str, ...] = setting((), "scans left out of the folds for a final test")
+    threshold_rule: Literal["youden", "f1"] = setting("youden", "how the decision threshold is chosen")
+    train_backbone: bool = setting(False, "train the backbone too (no feature cache), for when no pretrained "
+                                          "weights exist")
+    cache_dir: str = setting("", "feature cache folder", shown="$FETALHEAD_CACHE or ~/.cache/fetalhead/features")
+    extract_batch: int = setting(32, "frames per batch through the backbone when extracting features")
+    xla: Literal["auto", "on", "off"] = setting("auto", "compile training steps with XLA (auto: for long runs "
+                                                        "of several heads)")
+    progress: bool = setting(True, "draw progress bars")
 
     def __post_init__(self) -> None:
         check(self.folds >= 2, f"folds: must be >= 2, got {self.folds}")
@@ -55,3 +62,14 @@ class TrainConfig:
         check(self.patience >= 1, f"patience: must be >= 1, got {self.patience}")
         check(self.stride >= 1, f"stride: must be >= 1, got {self.stride}")
         check(self.extract_batch >= 1, f"extract_batch: must be >= 1, got {self.extract_batch}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckConfig:
+    """Settings of the dataset check (``train.data.check_dataset``); TOML table ``[data]``."""
+
+    window: int = setting(8, "frames per training window; shorter scans are left out")
+    check_images: bool = setting(True, "decode every image and video frame (--no-images is faster)", flag="images")
+
+    def __post_init__(self) -> None:
+        check(self.window >= 1, f"window: must be >= 1, got {self.window}")

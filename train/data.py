@@ -37,12 +37,10 @@ import numpy as np
 import pandas as pd
 from natsort import natsorted, ns
 
+from models.classes import HEAD, NOT_HEAD, class_name
 from models.errors import DataError
 
 logger = logging.getLogger(__name__)
-
-HEAD, NOT_HEAD = 1, 0
-CLASS_NAMES = ("Not-Head", "Head")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -293,24 +291,6 @@ def read_labels(path: str | Path) -> pd.DataFrame:
         return _read_labels(path)
     except _Unreadable as exc:
         raise DataError(f"{path}: {exc}") from None
-
-
-def windows(n_frames: int, window: int, stride: int = 1) -> np.ndarray:
-    """Frame indexes of every window of ``window`` consecutive frames inside one scan.
-
-    Returns int64 (n_windows, window); row k is ``start_k + [0, 1, ... window-1]``
-    with starts 0, stride, 2*stride ... while the window fits, so a tail shorter
-    than a stride may be in no window. A scan shorter than the window gives
-    shape (0, window). Call it per scan: windows never cross scans.
-    """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if n_frames < 0:
-        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    starts = np.arange(0, max(n_frames - window + 1, 0), stride, dtype=np.int64)
-    return starts[:, None] + np.arange(window, dtype=np.int64)[None, :]
 
 
 def _natural(paths: list[Path]) -> list[Path]:
@@ -659,7 +639,7 @@ def _check(root: Path, window: int, check_images: bool) -> tuple[CheckReport, di
         labels = np.concatenate([s.labels for s in usable.values()])
         for cls in (HEAD, NOT_HEAD):
             if not np.any(labels == cls):
-                problems.append(Problem(root, f"no {CLASS_NAMES[cls]} frame in any usable scan"))
+                problems.append(Problem(root, f"no {class_name(cls)} frame in any usable scan"))
     return CheckReport(summaries, problems, list(usable)), usable
 
 

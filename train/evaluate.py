@@ -1,4 +1,4 @@
-"""``fetalhead evaluate MODEL DATA --out DIR``: score a bundle on other scans.
+"""Scoring a model bundle on other scans (``fetalhead evaluate``): predictions, metrics and a report.
 
 The per-frame scores are the streaming-equivalent ones the live worker gives,
 computed through the same cache, preprocessing and compiled runtime as
@@ -9,32 +9,33 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import pandas as pd
-
-from models.config import load
-from tools.cli import parser as make_parser, run
+from models.progress import NO_PROGRESS, Progress
+from models.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """Settings of ``fetalhead evaluate`` (an ``[evaluate]`` TOML table)."""
+    """Settings of ``fetalhead evaluate`` (an ``[evaluate]`` TOML table); ``progress`` is the command's."""
 
-    cache_dir: str = ""
-    progress: bool = True
+    cache_dir: str = setting("", "feature cache folder", shown="$FETALHEAD_CACHE or ~/.cache/fetalhead/features")
+    progress: bool = setting(True, "draw a progress bar")
 
 
 def evaluate(model_path: str | Path, data_root: str | Path, out: str | Path, *, cache_dir: str | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """Score every scan of ``data_root``; write predictions, metrics and plots under ``out``.
 
-    Returns the metrics at the bundle's threshold and the predictions frame
-    (scan, frame, label, score, fold='eval').
+    Returns ``metrics`` at the bundle's threshold, the ``predictions`` frame
+    (scan, frame, label, score, fold='eval') and the ``report`` folder.
+    ``progress`` gets the feature extraction as a task.
     """
+    # Imported here: the command reads EvaluateConfig for its flags without loading TensorFlow.
     from models.bundle import load
     from train.cache import FeatureCache
     from train.data import load_dataset
+    from train.kfold import from_features, score_scans
     from train.metrics import binary_metrics
     from train.report import write_report
 
@@ -42,42 +43,9 @@ def evaluate(model_path: str | Path, data_root: str | Path, out: str | Path, *, 
     runtime = bundle.runtime()
     scans = load_dataset(data_root, window=bundle.config.window)
     features = FeatureCache(runtime, cache_dir).extract(scans, progress=progress)
-    rows = []
-    for scan in scans:
-        scores = runtime.scan_scores(features[scan.name].features)
-        rows.append(pd.DataFrame({"scan": scan.name, "frame": range(len(scores)),
-                                  "label": features[scan.name].labels.astype(int), "score": scores,
-                                  "fold": "eval"}))
-    predictions = pd.concat(rows, ignore_index=True)
-    out = Path(out)
-    folder = write_report(out, bundle.config, None, [], predictions, bundle.threshold,
+    predictions = score_scans(runtime, [from_features(features[scan.name]) for scan in scans])
+    predictions["fold"] = "eval"
+    folder = write_report(Path(out), bundle.config, None, [], predictions, bundle.threshold,
                           title=f"Evaluation of {Path(model_path).name} ({bundle.model_id})")
     return {"metrics": binary_metrics(predictions["label"], predictions["score"], bundle.threshold),
             "predictions": predictions, "report": folder}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("evaluate", "Score a model bundle on scan folders: metrics, plots, per-frame predictions.")
-    p.add_argument("model", help="model bundle (.fhb) made by fetalhead train")
-    p.add_argument("data", help="dataset folder: one folder per scan")
-    p.add_argument("--out", required=True, help="folder for the report")
-    p.add_argument("--cache-dir", help="feature cache folder (default $FETALHEAD_CACHE or ~/.cache/fetalhead)")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
-    p.add_argument("--config", help="TOML file with an [evaluate] table")
-    args = p.parse_args(argv)
-
-    def work() -> int:
-        from rich.console import Console
-
-        config = load(EvaluateConfig, "evaluate", args.config,
-                      {"cache_dir": args.cache_dir, "progress": args.progress})
-        result = evaluate(args.model, args.data, args.out, cache_dir=config.cache_dir or None,
-                          progress=config.progress)
-        m = result["metrics"]
-        Console().print(
-            f"{m['frames']} frames, threshold {m['threshold']:.3f}: accuracy {m['accuracy']:.3f}, "
-            f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}, "
-            f"ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}\nreport: {result['report']}/report.md")
-        return 0
-
-    return run(work, verbose=args.verbose)

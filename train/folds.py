@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from models.config import ConfigError
+from models.errors import ConfigError
 
 
 def scan_folds(scans: Sequence[str], labels: Sequence[np.ndarray], k: int, *, seed: int = 0

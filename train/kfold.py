@@ -30,17 +30,20 @@ import pandas as pd
 
 from models.bundle import save as save_bundle
 from models.cnn_lstm import build_cnn_lstm, build_feature_extractor, build_temporal_head
-from models.config import ConfigError, ModelConfig, to_dict
-from models.errors import FetalheadError
+from models.config import ModelConfig
+from models.errors import ConfigError, FetalheadError
 from models.preprocess import preprocess_batch
+from models.progress import NO_PROGRESS, Progress
 from models.runtime import Runtime
 from models.scoring import window_scores
+from models.settings import to_dict
+from models.windows import sliding
 from train.cache import FeatureCache, ScanFeatures, data_fingerprint, frame_hash
 from train.config import TrainConfig
 from train.data import Scan, load_dataset
-from train.folds import scan_folds
-from train.metrics import binary_metrics, choose_threshold
 from train.files import replacing, write_json
+from train.folds import scan_folds
+from train.metrics import METRIC_NAMES, binary_metrics, choose_threshold
 from train.trainer import Member, Windows, compile_with_xla, epoch_steps, fit_pack
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ScanData:
-    """One scan ready for training: its model inputs, labels and content hashes.
+    """One scan ready for training or scoring: its model inputs, labels and content hashes.
 
     inputs: float32 (N, F) cached features, or (N, S, S, 3) preprocessed
     images when the backbone is trained too.
@@ -61,7 +64,7 @@ class ScanData:
 
 
 def prepare(scans: list[Scan], model_config: ModelConfig, train_config: TrainConfig,
-            extractor: keras.Model) -> list[ScanData]:
+            extractor: keras.Model, progress: Progress = NO_PROGRESS) -> list[ScanData]:
     """Features from the cache, or preprocessed images for --train-backbone."""
     if train_config.train_backbone:
         out = []
@@ -72,9 +75,13 @@ def prepare(scans: list[Scan], model_config: ModelConfig, train_config: TrainCon
         return out
     runtime = Runtime(model_config, extractor, build_temporal_head(model_config, extractor.output_shape[-1]))
     cache = FeatureCache(runtime, train_config.cache_dir or None, batch_size=train_config.extract_batch)
-    features = cache.extract(scans, progress=train_config.progress)
-    return [ScanData(s.name, features[s.name].features, features[s.name].labels, features[s.name].hashes)
-            for s in scans]
+    features = cache.extract(scans, progress=progress)
+    return [from_features(features[s.name]) for s in scans]
+
+
+def from_features(item: ScanFeatures) -> ScanData:
+    """A scan's cached features as model inputs."""
+    return ScanData(item.scan, item.features, item.labels, item.hashes)
 
 
 def _check_run_folder(out: Path, identity: dict[str, Any]) -> None:
@@ -98,8 +105,12 @@ def split_identity(train_config: TrainConfig) -> dict[str, Any]:
     return settings
 
 
-def score_scans(runtime: Runtime, data: list[ScanData], *, images: bool) -> pd.DataFrame:
-    """Streaming-equivalent per-frame scores of each scan: scan, frame, label, score."""
+def score_scans(runtime: Runtime, data: list[ScanData], *, images: bool = False) -> pd.DataFrame:
+    """Streaming-equivalent per-frame scores of each scan: scan, frame, label, score.
+
+    The one per-scan score table, of fold predictions, holdout scans and
+    ``train.evaluate``; ``images`` when the inputs are preprocessed images.
+    """
     rows = []
     for item in data:
         features = runtime.features(item.inputs) if images else item.inputs
@@ -118,7 +129,7 @@ def window_metrics(runtime: Runtime, data: list[ScanData], *, images: bool, thre
         w = window_scores(features, runtime.score_windows, window)
         if len(w):
             scores.append(w.ravel())
-            labels.append(np.lib.stride_tricks.sliding_window_view(item.labels, window).ravel())
+            labels.append(sliding(item.labels, window).ravel())
     if not scores:
         return {}
     return binary_metrics(np.concatenate(labels), np.concatenate(scores), threshold)
@@ -161,7 +172,8 @@ class Job:
 
 
 def train_pack(out: Path, jobs: list[Job], model_config: ModelConfig, train_config: TrainConfig,
-               shared_extractor: keras.Model) -> list[tuple[Runtime, pd.DataFrame]]:
+               shared_extractor: keras.Model, progress: Progress = NO_PROGRESS
+               ) -> list[tuple[Runtime, pd.DataFrame]]:
     """Fit every job's head (and backbone, with --train-backbone) in one pack; (runtime, history) per job."""
     sets = dict(window=model_config.window, stride=train_config.stride)
     train_sets, val_sets = [], []
@@ -190,7 +202,7 @@ def train_pack(out: Path, jobs: list[Job], model_config: ModelConfig, train_conf
         names = ", ".join(job.name for job in jobs)
         log.info("training %s (%s)", names, "XLA" if xla else "no XLA")
         histories = fit_pack(members, out / "packs" / "-".join(job.tag for job in jobs), train_config, xla=xla,
-                             description=names if len(jobs) < 3 else f"{len(jobs)} models")
+                             description=names if len(jobs) < 3 else f"{len(jobs)} models", progress=progress)
     runtimes = []
     for extractor, head in zip(extractors, heads):
         extractor.trainable = False
@@ -239,7 +251,8 @@ def finish_fold(job: Job, index: int, runtime: Runtime, history: pd.DataFrame,
 
 def run_folds(out: Path, folds: list[tuple[list[str], list[str]]], todo: list[int], data: dict[str, ScanData],
               model_config: ModelConfig, train_config: TrainConfig, extractor: keras.Model,
-              final: Job | None) -> tuple[dict[int, dict[str, Any]], Runtime | None]:
+              final: Job | None, progress: Progress = NO_PROGRESS
+              ) -> tuple[dict[int, dict[str, Any]], Runtime | None]:
     """Train folds ``todo`` not done yet, in one pack with ``final`` when given.
 
     With --train-backbone every fold is a pack of its own: packing several
@@ -264,7 +277,8 @@ def run_folds(out: Path, folds: list[tuple[list[str], list[str]]], todo: list[in
             packs.append([final])
     final_runtime = None
     for pack in packs:
-        for job, (runtime, history) in zip(pack, train_pack(out, pack, model_config, train_config, extractor)):
+        trained = train_pack(out, pack, model_config, train_config, extractor, progress)
+        for job, (runtime, history) in zip(pack, trained):
             if job is final:
                 final_runtime = runtime
             else:
@@ -287,12 +301,15 @@ def final_epochs(folds: list[dict[str, Any]], train_config: TrainConfig) -> int:
     return max(1, int(round(statistics.median(f["best_epoch"] for f in folds))))
 
 
-def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, train_config: TrainConfig
-          ) -> dict[str, Any]:
+def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
+          progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """The whole run: check data, features, k folds, final model, bundle, report.
 
-    Returns a summary: run folder, fold results, bundle path (None when only
-    one fold was run) and report folder.
+    Returns a summary: ``run`` folder, ``folds`` results, ``cross_validation``
+    (``summarise``'s figures; None when only one fold was run), ``bundle``
+    path (None without the final model) and ``report`` folder (None when only
+    one fold was run). ``progress`` gets the feature extraction's and every
+    pack's epochs as tasks.
     """
     from train.report import write_report
 
@@ -303,7 +320,7 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     if unknown:
         raise ConfigError(f"holdout: no scan named {', '.join(unknown)} in {data_root}")
     extractor = build_feature_extractor(model_config)
-    data = {d.name: d for d in prepare(scans, model_config, train_config, extractor)}
+    data = {d.name: d for d in prepare(scans, model_config, train_config, extractor, progress)}
     identity = {"data": data_fingerprint_of(data.values()), "model": to_dict(model_config),
                 "train_split": split_identity(train_config), "data_root": str(Path(data_root).resolve())}
     _check_run_folder(out, identity)
@@ -324,20 +341,22 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     if train_config.final and train_config.fold is None and not train_config.train_backbone and (
             train_config.final_epochs is not None or not train_config.early_stopping):
         final = final_job(out, pool, data, train_config, final_epochs([], train_config))
-    by_fold, runtime = run_folds(out, folds, todo, data, model_config, train_config, extractor, final)
+    by_fold, runtime = run_folds(out, folds, todo, data, model_config, train_config, extractor, final, progress)
     results = [by_fold[i] for i in todo]
-    summary: dict[str, Any] = {"run": str(out), "folds": results, "bundle": None, "report": None}
+    summary: dict[str, Any] = {"run": str(out), "folds": results, "cross_validation": None, "bundle": None,
+                               "report": None}
     if train_config.fold is not None:
         return summary
 
     oof = load_fold_predictions(out, results)
     threshold = choose_threshold(oof["label"], oof["score"], train_config.threshold_rule)
+    summary["cross_validation"] = summarise(results, oof, threshold)
     holdout_predictions = None
     if train_config.final:
         epochs = final_epochs(results, train_config)
         if runtime is None:
             job = final_job(out, pool, data, train_config, epochs)
-            runtime, _ = train_pack(out, [job], model_config, train_config, extractor)[0]
+            runtime, _ = train_pack(out, [job], model_config, train_config, extractor, progress)[0]
         if train_config.holdout:
             holdout_predictions = score_scans(runtime, [data[n] for n in train_config.holdout],
                                               images=train_config.train_backbone)
@@ -347,7 +366,7 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
             "data_fingerprint": identity["data"], "threshold_rule": f"{train_config.threshold_rule} on pooled "
                                                                     "out-of-fold per-frame scores",
             "train_config": to_dict(train_config),
-            "cross_validation": summarise(results, oof, threshold),
+            "cross_validation": summary["cross_validation"],
         }
         summary["bundle"] = str(save_bundle(out / "model.fhb", model_config, runtime.extractor, runtime.training_head,
                                             threshold=threshold, info=info))
@@ -363,14 +382,13 @@ def data_fingerprint_of(data) -> str:
 def summarise(results: list[dict[str, Any]], oof: pd.DataFrame, threshold: float) -> dict[str, Any]:
     """Mean and standard deviation over folds, and pooled out-of-fold metrics."""
     table = pd.DataFrame([r["at_threshold"] for r in results])
-    keys = ["accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"]
     per_scan_auc = []
     for _, group in oof.groupby("scan"):
         if group["label"].nunique() == 2:
             per_scan_auc.append(binary_metrics(group["label"], group["score"])["roc_auc"])
     return {
-        "folds_mean": {k: float(table[k].mean()) for k in keys},
-        "folds_std": {k: float(table[k].std(ddof=0)) for k in keys},
+        "folds_mean": {k: float(table[k].mean()) for k in METRIC_NAMES},
+        "folds_std": {k: float(table[k].std(ddof=0)) for k in METRIC_NAMES},
         "pooled_out_of_fold": binary_metrics(oof["label"], oof["score"], threshold),
         "mean_within_scan_roc_auc": float(np.mean(per_scan_auc)) if per_scan_auc else float("nan"),
         "threshold": threshold,

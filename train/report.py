@@ -1,6 +1,6 @@
 """The report folder of a run: tables, plots and report.md that shows them.
 
-Shared by ``fetalhead train``, ``fetalhead train merge`` and ``fetalhead evaluate``.
+Written by ``train.kfold.train``, ``train.merge.merge_runs`` and ``train.evaluate.evaluate``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from models.config import ModelConfig, to_dict, to_toml  # noqa: E402
+from models.classes import CLASS_NAMES  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+from models.settings import to_dict, to_toml  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.files import copy_file, replacing, write_text  # noqa: E402
 from train.metrics import METRIC_NAMES, binary_metrics  # noqa: E402
@@ -80,7 +82,7 @@ def _plot_confusion(labels: np.ndarray, scores: np.ndarray, threshold: float, pa
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center",
                 color="white" if value > matrix.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["Not-Head", "Head"], yticklabels=["Not-Head", "Head"],
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
            xlabel="predicted", ylabel="true", title=f"threshold {threshold:.3f}")
     fig.tight_layout()
     _save_figure(fig, path)
@@ -162,10 +164,10 @@ def write_report(out: Path, model_config: ModelConfig, train_config: TrainConfig
     report = [f"Pooled out-of-fold per-frame scores, {len(labels)} frames", "",
               f"at threshold {threshold:.4f}:",
               skm.classification_report(labels, (scores >= threshold).astype(int), labels=[0, 1],
-                                        target_names=["Not-Head", "Head"], zero_division=0, digits=4),
+                                        target_names=list(CLASS_NAMES), zero_division=0, digits=4),
               "at threshold 0.5:",
               skm.classification_report(labels, (scores >= 0.5).astype(int), labels=[0, 1],
-                                        target_names=["Not-Head", "Head"], zero_division=0, digits=4)]
+                                        target_names=list(CLASS_NAMES), zero_division=0, digits=4)]
     _write_text("\n".join(report), folder / "classification_report.txt")
     _plot_curves(predictions, folder / "roc.png", folder / "pr.png")
     _plot_confusion(labels, scores, threshold, folder / "confusion.png")

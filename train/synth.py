@@ -11,8 +11,8 @@ each scan's frames are Head frames, with Not-Head frames on both sides.
 The scene is rendered once per scan as a panorama in log-intensity, so a frame
 costs a slice, a noise draw and a clip: about a millisecond at 256x320.
 
-``fetalhead synth OUT --scans N --frames M`` writes the dataset format that
-``train.data`` reads: ``scan_000/frames/frame_0000.png ...`` with
+``synth_dataset`` (the command ``fetalhead synth OUT``) writes the dataset
+format that ``train.data`` reads: ``scan_000/frames/frame_0000.png ...`` with
 ``labels.csv``; a fraction of the scans as ``scan_xxx/scan.avi`` (MJPG,
 labels by frame index); and, from four scans up, one image scan with
 ``labels.xlsx`` instead of ``labels.csv`` so that every format is exercised.
@@ -20,21 +20,19 @@ labels by frame index); and, from four scans up, one image scan with
 
 from __future__ import annotations
 
-import argparse
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from models.config import check, load
+from models.classes import class_name
 from models.errors import DataError
-from tools.cli import parser, run
-from train.data import CLASS_NAMES, HEAD
+from models.progress import NO_PROGRESS, Progress, Task
+from models.settings import check, setting
 
 # Ring points sampled to decide how much of the skull is inside the fan.
 _RING_POINTS = 96
@@ -52,16 +50,16 @@ class SynthConfig:
 
     ``video_fraction`` of the scans (at least one from three scans up, unless
     it is 0) are written as videos; ``head_fraction`` bounds each scan's share
-    of Head frames.
+    of Head frames. TOML table ``[synth]``.
     """
 
-    scans: int = 12
-    frames: int = 120
-    height: int = 256
-    width: int = 320
-    seed: int = 0
-    video_fraction: float = 0.2
-    head_fraction: tuple[float, float] = (0.2, 0.3)
+    scans: int = setting(12, "number of scans")
+    frames: int = setting(120, "frames per scan")
+    height: int = setting(256, "frame height in pixels")
+    width: int = setting(320, "frame width in pixels")
+    seed: int = setting(0, "random seed; scan k depends only on it, k and the frame size and count")
+    video_fraction: float = setting(0.2, "share of scans written as MJPG video")
+    head_fraction: tuple[float, float] = setting((0.2, 0.3), "lowest and highest share of Head frames in a scan")
 
     def __post_init__(self) -> None:
         check(self.scans >= 1, f"scans: must be >= 1, got {self.scans}")
@@ -362,7 +360,7 @@ def _video_scans(config: SynthConfig) -> set[int]:
     return {int(k) for k in rng.choice(config.scans, size=count, replace=False)}
 
 
-def _write_video(path: Path, sweep: Sweep, advance: Callable[[int], None]) -> None:
+def _write_video(path: Path, sweep: Sweep, task: Task) -> None:
     # OpenCV's own MJPEG writer: always built in (no FFmpeg needed) and takes a
     # quality setting. It mangles single-channel frames, so frames go in as BGR.
     writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"),
@@ -373,28 +371,15 @@ def _write_video(path: Path, sweep: Sweep, advance: Callable[[int], None]) -> No
     try:
         for i in range(len(sweep)):
             writer.write(cv2.cvtColor(sweep.frame(i), cv2.COLOR_GRAY2BGR))
-            advance(1)
+            task.update(advance=1)
     finally:
         writer.release()
 
 
-@contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar while writing, shown only on a terminal; yields ``advance(frames)``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    console = Console()
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("synth", total=total)
-        yield lambda n: bar.advance(task, n)
-
-
-def synth_dataset(out: str | Path, config: SynthConfig, progress: bool = True) -> list[Path]:
+def synth_dataset(out: str | Path, config: SynthConfig, progress: Progress = NO_PROGRESS) -> list[Path]:
     """Write ``config.scans`` phantom scans under ``out`` (a new or empty folder); return their folders.
+
+    ``progress`` gets one task over every frame written.
 
     The frames and labels of scan k depend only on ``config.seed``, k, the
     frame size and the frame count, so adding scans keeps the earlier ones
@@ -411,7 +396,8 @@ def synth_dataset(out: str | Path, config: SynthConfig, progress: bool = True) -
     png = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # speed over size: frames are cheap to regenerate
 
     folders = []
-    with _progress(config.scans * config.frames, enabled=progress) as advance:
+    task = progress.task("synth", config.scans * config.frames)
+    try:
         for k in range(config.scans):
             folder = out / f"scan_{k:03d}"
             folder.mkdir()
@@ -419,58 +405,20 @@ def synth_dataset(out: str | Path, config: SynthConfig, progress: bool = True) -
                           head_fraction=config.head_fraction)
             if k in videos:
                 names = [str(i) for i in range(len(sweep))]
-                _write_video(folder / "scan.avi", sweep, advance)
+                _write_video(folder / "scan.avi", sweep, task)
             else:
                 names = [f"frame_{i:0{digits}d}.png" for i in range(len(sweep))]
                 (folder / "frames").mkdir()
                 for i, name in enumerate(names):
                     if not cv2.imwrite(str(folder / "frames" / name), sweep.frame(i), png):
                         raise DataError(f"{folder / 'frames' / name}: cannot write")
-                    advance(1)
-            table = pd.DataFrame({"frame": names, "label": [CLASS_NAMES[v] for v in sweep.labels]})
+                    task.update(advance=1)
+            table = pd.DataFrame({"frame": names, "label": [class_name(v) for v in sweep.labels]})
             if k == xlsx_scan:
                 table.to_excel(folder / "labels.xlsx", index=False, engine="openpyxl")
             else:
                 table.to_csv(folder / "labels.csv", index=False)
             folders.append(folder)
+    finally:
+        task.close()
     return folders
-
-
-def _report(out: Path, config: SynthConfig, folders: list[Path]) -> None:
-    from rich.console import Console
-
-    from train.data import load_dataset
-
-    scans = load_dataset(out, window=1)
-    head = sum(int(np.sum(s.labels == HEAD)) for s in scans)
-    total = sum(len(s) for s in scans)
-    n_video = sum(s.video is not None for s in scans)
-    console = Console(highlight=False, soft_wrap=True)
-    console.print(f"wrote {len(folders)} scans ({len(folders) - n_video} as PNG frames, {n_video} as MJPG video) "
-                  f"of {config.frames} frames {config.height}x{config.width} to {out}")
-    console.print(f"Head {head} ({100 * head / total:.1f} %), Not-Head {total - head} "
-                  f"({100 * (total - head) / total:.1f} %)")
-
-
-def _synth(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("scans", "frames", "height", "width", "seed", "video_fraction")}
-    config = load(SynthConfig, "synth", args.config, overrides=overrides)
-    folders = synth_dataset(args.out, config, progress=not args.quiet)
-    _report(args.out, config, folders)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("synth", "Write a synthetic ultrasound phantom dataset: sweeps past a fetal head, "
-                        "frames as PNG or MJPG video with Head / Not-Head labels.")
-    p.add_argument("out", type=Path, metavar="OUT", help="new or empty folder for the dataset")
-    p.add_argument("--scans", type=int, help="number of scans (default 12)")
-    p.add_argument("--frames", type=int, help="frames per scan (default 120)")
-    p.add_argument("--height", type=int, help="frame height in pixels (default 256)")
-    p.add_argument("--width", type=int, help="frame width in pixels (default 320)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--video-fraction", type=float, help="share of scans written as video (default 0.2)")
-    p.add_argument("--config", type=Path, help="TOML file with a [synth] table; flags override it")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    return run(lambda: _synth(args), verbose=args.verbose)

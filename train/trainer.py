@@ -24,8 +24,9 @@ import keras
 import numpy as np
 import pandas as pd
 
+from models.progress import NO_PROGRESS, Progress
+from models.windows import window_starts
 from train.config import TrainConfig
-from train.data import windows
 from train.files import replacing, write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Windows:
                  stride: int) -> None:
         self.inputs = list(inputs)
         self.labels = [np.asarray(l, np.float32) for l in labels]
-        index = [(s, start) for s, x in enumerate(self.inputs) for start in windows(len(x), window, stride)[:, 0]]
+        index = [(s, start) for s, x in enumerate(self.inputs) for start in window_starts(len(x), window, stride)]
         self.index = np.asarray(index, np.int64).reshape(-1, 2)
         self.window = window
 
@@ -167,37 +168,26 @@ class HistoryLog(keras.callbacks.Callback):
 
 
 class EpochBar(keras.callbacks.Callback):
-    """One rich progress bar over epochs, with the latest losses."""
+    """One ``models.progress`` task over a pack's epochs, noting the latest losses."""
 
-    def __init__(self, description: str, epochs: int, enabled: bool) -> None:
+    def __init__(self, progress: Progress, description: str, epochs: int) -> None:
         super().__init__()
+        self.progress = progress
         self.description = description
         self.epochs = epochs
-        self.enabled = enabled
-        self.bar = None
+        self.task = None
 
     def on_train_begin(self, logs=None) -> None:
-        if not self.enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[losses]}"), TimeElapsedColumn())
-        self.bar.start()
         start = getattr(self.model, "_initial_epoch", 0) or 0
-        self.task = self.bar.add_task(self.description, total=self.epochs, completed=start, losses="")
+        self.task = self.progress.task(self.description, self.epochs, start)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if self.bar is None:
-            return
-        logs = logs or {}
-        losses = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if "loss" in k)
-        self.bar.update(self.task, completed=epoch + 1, losses=losses)
+        losses = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if "loss" in k)
+        self.task.update(completed=epoch + 1, note=losses)
 
     def on_train_end(self, logs=None) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.task.close()
+        self.task = None
 
 
 class PackMonitor(keras.callbacks.Callback):
@@ -326,14 +316,15 @@ def build_pack(members: Sequence[Member], train_config: TrainConfig, *, xla: boo
 
 
 def fit_pack(members: Sequence[Member], folder: Path, train_config: TrainConfig, *, xla: bool,
-             description: str) -> list[pd.DataFrame]:
+             description: str, progress: Progress = NO_PROGRESS) -> list[pd.DataFrame]:
     """Fit every member at once in one pack, resuming from the pack's last finished epoch.
 
     ``folder`` holds the pack's backup (named for its members, so a pack of
     other members never resumes from it). Each member ends with its weights
     from its best validation epoch when it has validation windows and early
     stopping is on, else from its last epoch. Returns the members' per-epoch
-    logs (epoch, loss, val_loss).
+    logs (epoch, loss, val_loss). ``progress`` gets a task over the epochs,
+    named ``description``.
     """
     for member in members:
         member.folder.mkdir(parents=True, exist_ok=True)
@@ -345,7 +336,7 @@ def fit_pack(members: Sequence[Member], folder: Path, train_config: TrainConfig,
         callbacks = [
             keras.callbacks.BackupAndRestore(str(folder / "backup"), double_checkpoint=True),
             PackMonitor(members, states, train_config, chunk=train_config.batch_size if images else 256),
-            EpochBar(description, max(m.epochs for m in members), train_config.progress),
+            EpochBar(progress, description, max(m.epochs for m in members)),
         ]
         batches = PackBatches([m.train for m in members], train_config.batch_size, [m.seed for m in members])
         # shuffle=False: Keras would reorder the batches from Python's global random state.

@@ -1,3 +1,5 @@
+"""models.bundle: a bundle round-trips, refuses what it cannot trust in one line, and exports to Keras."""
+
 import json
 import zipfile
 
@@ -6,6 +8,7 @@ import pytest
 
 from models.bundle import FORMAT_VERSION, load, read_meta, save
 from models.errors import BundleError
+from models.preprocess import PREPROCESS_VERSION
 
 
 @pytest.fixture
@@ -72,6 +75,28 @@ def test_newer_bundle_version(bundle_path, tmp_path):
         read_meta(newer)
 
 
+def test_a_bundle_records_its_preprocessing_version(bundle_path):
+    assert read_meta(bundle_path)["preprocess_version"] == PREPROCESS_VERSION
+
+
+def test_a_bundle_made_with_another_preprocessing_is_refused_in_one_line(bundle_path, tmp_path):
+    other = _rewrite_meta(bundle_path, tmp_path / "other.fhb",
+                          lambda m: m.update(preprocess_version=PREPROCESS_VERSION + 1))
+    for read in (read_meta, load):
+        with pytest.raises(BundleError) as info:
+            read(other)
+        message = str(info.value)
+        assert message == (f"model bundle {other}: made with preprocessing version {PREPROCESS_VERSION + 1}, but "
+                           f"this fetalhead preprocesses frames with version {PREPROCESS_VERSION}: retrain the model "
+                           "(fetalhead train) to use it")
+
+
+def test_a_bundle_from_before_the_preprocessing_version_was_recorded_is_version_1(bundle_path, tmp_path):
+    older = _rewrite_meta(bundle_path, tmp_path / "older.fhb", lambda m: m.pop("preprocess_version"))
+    assert PREPROCESS_VERSION == 1  # a later version must refuse these bundles: update this test then
+    assert load(older).threshold == pytest.approx(0.37)
+
+
 def test_config_that_does_not_match_the_weights(bundle_path, tmp_path):
     wrong = _rewrite_meta(bundle_path, tmp_path / "wrong.fhb",
                           lambda m: m["config"].update(lstm_units=[32, 8]))
@@ -110,6 +135,7 @@ def test_extra_members_are_never_read_or_extracted(bundle_path, tmp_path):
     ({"threshold": True}, "bundle.json threshold must be a number in [0, 1], got True"),
     ({"class_names": ["Head"]}, "bundle.json class_names must be two class names, got ['Head']"),
     ({"feature_dim": "64"}, "bundle.json feature_dim must be an integer, got '64'"),
+    ({"preprocess_version": "1"}, "bundle.json preprocess_version must be an integer, got '1'"),
     ({"info": [1, 2]}, "bundle.json info must be a table, got [1, 2]"),
     ({"format_version": True}, "format_version missing or not an integer"),
 ])
@@ -134,14 +160,15 @@ def test_a_member_claiming_a_huge_size_is_refused_before_reading(bundle_path, tm
         read_meta(bomb)
 
 
+@pytest.mark.slow
 def test_export_writes_an_end_to_end_model_that_loads_with_keras_alone(bundle_path, tiny_config, tmp_path, rng):
     import subprocess
     import sys
 
-    from tools.cli import main
+    from tools.commands.model import main
 
     out = tmp_path / "model.keras"
-    assert main(["model", "export", str(bundle_path), str(out)]) == 0
+    assert main(["export", str(bundle_path), str(out)]) == 0
     clip = rng.normal(size=(2, tiny_config.window, 64, 64, 3)).astype(np.float32)
     np.save(tmp_path / "clip.npy", clip)
     bundle = load(bundle_path)

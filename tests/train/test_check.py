@@ -1,4 +1,7 @@
-"""train.check: every data problem is reported with its file (and row), and the exit code says OK or not."""
+"""train.data.check_dataset: every data problem is reported with its file (and row), and the exit code says OK or not.
+
+``fetalhead data check`` shows the same report; its surface is tested in tests/tools/test_commands_train.py.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.config import ConfigError
-from tests.train.test_data import alternating, frame_names, write_csv, write_images, write_scan, write_video
-from train.check import CheckConfig, check_dataset, main
-from train.data import MAX_PER_KIND
+from tests.train.test_data import (alternating, frame_names, good_dataset, write_csv, write_images, write_scan,
+                                   write_video)
+from tools.commands.data import main
+from train.data import MAX_PER_KIND, check_dataset
 
 
 def run_check(capsys, root: Path, *flags: str) -> tuple[int, str]:
@@ -27,11 +30,7 @@ def only_problem(report, fatal: bool):
 
 @pytest.fixture
 def dataset(tmp_path):
-    """A good dataset of two scans; tests break one of them."""
-    root = tmp_path / "data"
-    write_scan(root, "scan_1", alternating(10), seed=1)
-    write_scan(root, "scan_2", alternating(10), seed=2)
-    return root
+    return good_dataset(tmp_path / "data")
 
 
 def test_good_dataset_is_ok(capsys, dataset):
@@ -250,41 +249,3 @@ def test_dataset_level_problems(capsys, tmp_path):
     write_csv(tmp_path / "flat" / "labels.csv", [])
     problem = only_problem(check_dataset(tmp_path / "flat"), fatal=False)
     assert "is this a scan folder?" in problem.message and scan.exists()
-
-
-def test_missing_dataset_is_one_line_and_exit_1(capsys, tmp_path):
-    assert main(["check", str(tmp_path / "nowhere")]) == 1
-    captured = capsys.readouterr()
-    assert captured.err.strip() == f"fetalhead: error: {tmp_path / 'nowhere'}: not found"
-
-
-def test_command_line_usage_errors_exit_2(capsys, dataset):
-    for argv in ([], ["check"], ["validate", str(dataset)], ["check", str(dataset), "--window", "x"]):
-        with pytest.raises(SystemExit) as info:
-            main(argv)
-        assert info.value.code == 2
-    assert main(["check", str(dataset), "--window", "0"]) == 1
-    assert "window: must be >= 1, got 0" in capsys.readouterr().err
-
-
-def test_config_file_and_verbose_after_the_subcommand(capsys, tmp_path, dataset):
-    config = tmp_path / "fh.toml"
-    config.write_text("[data]\nwindow = 12\n")
-    code, out = run_check(capsys, dataset, "--config", str(config), "-v")
-    assert code == 1 and "shorter than the window of 12" in out
-    code, out = run_check(capsys, dataset, "--config", str(config), "--window", "4")
-    assert code == 0
-
-
-def test_check_config_validation():
-    with pytest.raises(ConfigError, match="window: must be >= 1, got 0"):
-        CheckConfig(window=0)
-
-
-def test_problem_paths_with_brackets_print_as_they_are(capsys, tmp_path):
-    root = tmp_path / "data"
-    scan = write_scan(root, "scan [red]", alternating(8))
-    (scan / "frames" / "frame_0001.png").write_bytes(b"")
-    code, out = run_check(capsys, root)
-    assert code == 1 and f"{scan / 'frames' / 'frame_0001.png'}: empty file" in out
-

@@ -1,4 +1,4 @@
-"""train.data: layouts, label files, images, windows and load_dataset, on real files."""
+"""train.data: layouts, label files, images and load_dataset, on real files; windows stay inside scans."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.classes import CLASS_NAMES, HEAD, NOT_HEAD
 from models.errors import DataError
-from train.data import (CLASS_NAMES, HEAD, NOT_HEAD, Problem, Scan, load_dataset, load_scan, normalise_column,
-                        parse_label, read_image, read_labels, scan_dirs, windows)
+from models.windows import windows
+from train.data import (Problem, Scan, load_dataset, load_scan, normalise_column, parse_label, read_image,
+                        read_labels, scan_dirs)
 
 SIZE = (12, 16)  # H, W of test frames
 
@@ -65,6 +67,12 @@ def write_scan(root: Path, name: str, labels: list[int], *, seed: int = 0) -> Pa
     write_csv(folder / "labels.csv", [(n, CLASS_NAMES[v]) for n, v in zip(names, labels)])
     return folder
 
+
+def good_dataset(root: Path) -> Path:
+    """Two good scans of 10 frames under ``root``; tests break one of them."""
+    write_scan(root, "scan_1", alternating(10), seed=1)
+    write_scan(root, "scan_2", alternating(10), seed=2)
+    return root
 
 # --- layouts ---------------------------------------------------------------------------------------
 
@@ -277,29 +285,6 @@ def test_read_image_errors_name_the_file(tmp_path):
 
 
 # --- windows ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("n, window, stride, count", [
-    (10, 8, 1, 3), (8, 8, 1, 1), (7, 8, 1, 0), (0, 8, 1, 0), (10, 1, 1, 10), (20, 8, 4, 4), (19, 8, 4, 3),
-    (20, 8, 8, 2), (5, 1, 3, 2),
-])
-def test_windows_counts_and_stride(n, window, stride, count):
-    w = windows(n, window, stride)
-    assert w.shape == (count, window)
-    assert np.issubdtype(w.dtype, np.integer)
-    if count:
-        np.testing.assert_array_equal(w[:, 0], np.arange(count) * stride)
-        np.testing.assert_array_equal(np.diff(w, axis=1), 1)  # consecutive frames
-        assert w.min() >= 0 and w.max() < n
-
-
-@pytest.mark.parametrize("args, message", [
-    ((10, 0), "window must be >= 1, got 0"), ((10, 8, 0), "stride must be >= 1, got 0"),
-    ((-1, 8), "n_frames must be >= 0, got -1"),
-])
-def test_windows_validation(args, message):
-    with pytest.raises(ValueError, match=message):
-        windows(*args)
-
 
 def test_windows_never_cross_scans(tmp_path):
     lengths = [9, 12, 8, 15]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from models.config import ConfigError
-from train.check import check_dataset
-from train.data import load_dataset
-from train.synth import Sweep, SynthConfig, main, synth_dataset, synthetic_frames
+from models.errors import ConfigError
+from tools.commands.synth import main
+from train.data import check_dataset, load_dataset
+from train.synth import Sweep, SynthConfig, synth_dataset, synthetic_frames
 
 H, W = 96, 128
 
@@ -81,16 +80,6 @@ def test_head_frames_are_brighter_where_the_skull_is():
     assert (middle[s.fan_mask] > 200).sum() > 1.5 * (far[s.fan_mask] > 200).sum()
 
 
-def test_frame_cost_at_default_size():
-    s = Sweep(0, 120)
-    s.frame(0)
-    start = time.perf_counter()
-    for i in range(20):
-        s.frame(i)
-    per_frame = (time.perf_counter() - start) / 20
-    assert per_frame < 0.02  # about 2 ms here; loose so a busy machine does not fail it
-
-
 def test_sweep_validation():
     with pytest.raises(ValueError, match="n_frames must be >= 3, got 2"):
         Sweep(0, 2, H, W)
@@ -121,7 +110,7 @@ def test_config_validation_names_the_field(field, value, message):
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "data"
     config = SynthConfig(scans=5, frames=30, height=H, width=W, seed=7)
-    return out, config, synth_dataset(out, config, progress=False)
+    return out, config, synth_dataset(out, config)
 
 
 def test_written_dataset_layout(written):
@@ -136,6 +125,13 @@ def test_written_dataset_layout(written):
     table = pd.read_csv(image_scan / "labels.csv")
     assert list(table.columns) == ["frame", "label"] and set(table["label"]) == {"Head", "Not-Head"}
     assert pd.read_csv(videos[0] / "labels.csv")["frame"].tolist() == list(range(30))
+
+
+def test_every_frame_written_is_reported_to_the_progress(tmp_path, recording_progress):
+    config = SynthConfig(scans=3, frames=12, height=H, width=W)
+    synth_dataset(tmp_path / "data", config, progress=recording_progress)
+    (task,) = recording_progress.tasks
+    assert (task.description, task.total, task.completed, task.closed) == ("synth", 36, 36, True)
 
 
 def test_written_dataset_loads_and_passes_the_check(written):

@@ -1,4 +1,4 @@
-"""Packs: several heads fitted as one model, each exactly as if it were fitted alone."""
+"""train.trainer: the focal loss, the epoch log, and packs of heads fitted as one model, each exactly as alone."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import json
 
 import keras
 import numpy as np
+import pandas as pd
+import pytest
 
 from models.cnn_lstm import build_temporal_head
 from models.config import ModelConfig
 from train.config import TrainConfig
-from train.trainer import Member, PackBatches, Windows, compile_with_xla, fit_pack
+from train.trainer import EpochBar, HistoryLog, Member, PackBatches, Windows, compile_with_xla, fit_pack, focal_loss, read_history
 
 MODEL = ModelConfig(backbone="tiny", weights="none", image_size=48, lstm_units=(16, 8), dense_units=8)
 FEATURES = 12
@@ -33,7 +35,7 @@ def member(tmp_path, tag: str, seed: int, lengths: list[int], *, epochs: int, va
 
 
 def config(**changes) -> TrainConfig:
-    values = dict(learning_rate=1e-2, progress=False, xla="off")
+    values = dict(learning_rate=1e-2, xla="off")
     values.update(changes)
     return TrainConfig(**values)
 
@@ -47,6 +49,7 @@ def fit(tmp_path, name: str, members: list[Member], train_config: TrainConfig):
                     description=name)
 
 
+@pytest.mark.slow
 def test_a_head_in_a_pack_ends_exactly_as_when_fitted_alone(tmp_path):
     keras.utils.set_random_seed(5)
     alone = member(tmp_path / "alone", "a", 1, [40, 36], epochs=3)
@@ -66,6 +69,7 @@ def test_a_head_in_a_pack_ends_exactly_as_when_fitted_alone(tmp_path):
     assert state["stopped"] and state["epoch"] == 1 and state["pack"] == "pack"
 
 
+@pytest.mark.slow
 def test_a_member_that_stops_keeps_its_weights_from_then(tmp_path):
     keras.utils.set_random_seed(0)
     short = member(tmp_path, "short", 3, [36], epochs=1, val=False)
@@ -77,6 +81,7 @@ def test_a_member_that_stops_keeps_its_weights_from_then(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_each_members_best_epoch(tmp_path):
     keras.utils.set_random_seed(1)
     members = [member(tmp_path, t, s, [60, 60], epochs=6) for t, s in (("x", 6), ("y", 7))]
@@ -91,6 +96,7 @@ def test_early_stopping_restores_each_members_best_epoch(tmp_path):
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_a_finished_pack_is_not_fitted_again(tmp_path):
     keras.utils.set_random_seed(2)
     m = member(tmp_path, "a", 8, [40], epochs=2)
@@ -104,6 +110,7 @@ def test_a_finished_pack_is_not_fitted_again(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_a_member_left_unfinished_in_another_pack_starts_afresh(tmp_path):
     folder = tmp_path / "a"
     folder.mkdir()
@@ -148,9 +155,46 @@ def test_only_long_packs_of_several_heads_compile_with_xla_unless_forced():
     assert not compile_with_xla(config(xla="off"), members=6, steps=10**6)
 
 
+@pytest.mark.slow
 def test_a_pack_under_xla_learns(tmp_path):
     keras.utils.set_random_seed(6)
     members = [member(tmp_path, t, s, [60, 60], epochs=6) for t, s in (("p", 10), ("q", 11))]
     histories = fit(tmp_path, "pack", members, config(xla="on", early_stopping=False))
     for history in histories:
         assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+
+
+def test_focal_loss_equals_the_textbook_formula():
+    y = np.array([[1, 0, 1, 0]], np.float32)
+    p = np.array([[0.9, 0.2, 0.3, 0.6]], np.float32)
+    loss = float(focal_loss(TrainConfig())(y, p))
+    alpha_t = np.where(y == 1, 0.79, 0.21)
+    p_t = np.where(y == 1, p, 1 - p)
+    assert loss == pytest.approx(float(np.mean(-alpha_t * (1 - p_t) ** 2 * np.log(p_t))), rel=1e-5)
+    assert loss == pytest.approx(0.134509, abs=1e-6)
+    plain = keras.losses.BinaryFocalCrossentropy(gamma=0.0)(y, p)
+    bce = keras.losses.BinaryCrossentropy()(y, p)
+    assert float(plain) == pytest.approx(float(bce), rel=1e-5)
+
+
+def test_history_log_rewrites_the_whole_file_and_resumes(tmp_path):
+    path = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": [0, 1], "loss": [0.5, 0.4], "val_loss": [0.6, 0.5]}).to_csv(path, index=False)
+    history = HistoryLog(path)
+    history.on_epoch_end(1, {"loss": 0.35, "val_loss": 0.45})  # epoch 1 again, after a resume
+    history.on_epoch_end(2, {"loss": 0.3, "val_loss": 0.4})
+    assert read_history(path).to_dict("list") == {"epoch": [0, 1, 2], "loss": [0.5, 0.35, 0.3],
+                                                  "val_loss": [0.6, 0.45, 0.4]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
+
+
+def test_the_epoch_bar_reports_each_epoch_and_its_losses(recording_progress):
+    bar = EpochBar(recording_progress, "fold 1/2", 3)
+    bar.set_model(build_temporal_head(MODEL, FEATURES))
+    bar.on_train_begin()
+    for epoch in range(2):
+        bar.on_epoch_end(epoch, {"loss": 0.5 - epoch / 10, "val_loss": 0.6, "seconds": 1.0})
+    bar.on_train_end()
+    (task,) = recording_progress.tasks
+    assert (task.description, task.total, task.completed, task.closed) == ("fold 1/2", 3, 2, True)
+    assert task.notes == ["loss 0.5000 val_loss 0.6000", "loss 0.4000 val_loss 0.6000"]

@@ -1,0 +1,85 @@
+"""The surface of the model, synth, data, train and evaluate commands: usage errors, config files, -v anywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.train.test_data import good_dataset
+from tools.commands import data, model, train
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return good_dataset(tmp_path / "data")
+
+
+def run_check(capsys, root, *flags: str) -> tuple[int, str]:
+    code = data.main(["check", str(root), *flags])
+    return code, capsys.readouterr().out
+
+
+def test_missing_dataset_is_one_line_and_exit_1(capsys, tmp_path):
+    assert data.main(["check", str(tmp_path / "nowhere")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"fetalhead: error: {tmp_path / 'nowhere'}: not found"
+
+
+def test_command_line_usage_errors_exit_2(capsys, dataset):
+    for argv in ([], ["check"], ["validate", str(dataset)], ["check", str(dataset), "--window", "x"]):
+        with pytest.raises(SystemExit) as info:
+            data.main(argv)
+        assert info.value.code == 2
+    assert data.main(["check", str(dataset), "--window", "0"]) == 1
+    assert "window: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_config_file_and_verbose_after_the_subcommand(capsys, tmp_path, dataset):
+    config = tmp_path / "fh.toml"
+    config.write_text("[data]\nwindow = 12\n")
+    code, out = run_check(capsys, dataset, "--config", str(config), "-v")
+    assert code == 1 and "shorter than the window of 12" in out
+    code, out = run_check(capsys, dataset, "--config", str(config), "--window", "4")
+    assert code == 0
+
+
+def test_model_info_counts_without_pretrained_weights_and_reads_the_model_table(capsys, tmp_path):
+    config = tmp_path / "fh.toml"
+    config.write_text("[model]\nbackbone = \"tiny\"\nimage_size = 64\ndense_units = 4\n")
+    assert model.main(["info", "--config", str(config), "--lstm-units", "8,4"]) == 0
+    out = capsys.readouterr().out
+    assert "CNN-LSTM (tiny, weights none)" in out and "feature size: 64" in out
+    # 8,4 LSTMs and a dense layer of 4: fewer parameters than the defaults' 256,128 and 64.
+    trainable = int(out.split("trainable parameters:")[1].split()[0].replace(",", ""))
+    assert 0 < trainable < 5_000
+
+
+def test_model_export_of_a_missing_bundle_is_one_line(capsys, tmp_path):
+    assert model.main(["export", str(tmp_path / "missing.fhb"), str(tmp_path / "m.keras")]) == 1
+    assert capsys.readouterr().err.strip() == f"fetalhead: error: model bundle {tmp_path / 'missing.fhb'}: not found"
+
+
+def test_train_seed_flag_is_the_trainings_not_the_models(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_train(data_root, out, model_config, train_config, progress):
+        seen.update(model=model_config, train=train_config)
+        return {"run": str(out), "folds": [], "cross_validation": None, "bundle": None, "report": None}
+
+    monkeypatch.setattr("train.kfold.train", fake_train)
+    config = tmp_path / "fh.toml"
+    config.write_text("[model]\nseed = 3\n[train]\nfolds = 3\n")
+    assert train.main([str(tmp_path), "--out", str(tmp_path / "run"), "--seed", "9", "--holdout", "a,b",
+                       "--holdout", "c", "--no-early-stopping", "--backbone", "tiny", "--no-progress",
+                       "--config", str(config)]) == 0
+    assert (seen["model"].seed, seen["model"].backbone) == (3, "tiny")
+    assert (seen["train"].seed, seen["train"].folds, seen["train"].holdout) == (9, 3, ("a", "b", "c"))
+    assert not seen["train"].early_stopping and not seen["train"].progress
+
+
+def test_train_merge_needs_a_run_folder(capsys, tmp_path):
+    assert train.main(["merge", str(tmp_path), "--out", str(tmp_path / "all")]) == 1
+    assert capsys.readouterr().err.strip() == (f"fetalhead: error: run folder {tmp_path}: no run.json "
+                                               "(not a fetalhead training run)")
+    with pytest.raises(SystemExit) as info:
+        train.main(["merge", str(tmp_path)])
+    assert info.value.code == 2
