@@ -1,9 +1,9 @@
-"""``fetalhead capture``: publish the frames of one source as protocol messages.
+"""The capture: publish the frames of one open ``stream.sources.Source`` as protocol messages.
 
 The socket loop is a thin shell around three pure pieces that tests call
 directly: ``Pacer`` (when the next frame is due), ``protocol.frame_message``
-(frame -> message) and ``Backoff`` (how long to wait before reopening a
-device that failed).
+(frame -> message) and ``supervise.Backoff`` (how long to wait before
+reopening a device that failed).
 
 Modes: ``live`` binds a PUB socket; a slow subscriber loses frames rather
 than delaying them. ``lossless`` binds a PUSH socket that one worker
@@ -27,15 +27,16 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal
 
 import numpy as np
 import zmq
 
-from models.config import check, load
+from models.settings import check, setting
 from stream import keys, net, protocol
-from stream.sources import Source, SourceError, open_source
-from tools.cli import parser as make_parser, run
+from stream.keys import allow_setting, key_name_setting, keys_setting
+from stream.sources import Source, SourceError
+from stream.supervise import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -80,57 +81,39 @@ class Pacer:
             self._due += self.period
 
 
-class Backoff:
-    """Exponential retry delays: ``initial`` seconds, doubling up to ``maximum``."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 8.0, factor: float = 2.0) -> None:
-        if not 0 < initial <= maximum:
-            raise ValueError(f"backoff needs 0 < initial <= maximum, got {initial} and {maximum}")
-        if factor < 1:
-            raise ValueError(f"backoff factor must be >= 1, got {factor}")
-        self.initial, self.maximum, self.factor = initial, maximum, factor
-        self.attempts = 0
-
-    def next(self) -> float:
-        """The delay before the next attempt, in seconds."""
-        delay = min(self.maximum, self.initial * self.factor ** self.attempts)
-        self.attempts += 1
-        return delay
-
-    def reset(self) -> None:
-        """The source works again: the next failure starts from ``initial``."""
-        self.attempts = 0
-
-
 @dataclasses.dataclass(frozen=True)
 class CaptureConfig:
     """Settings of ``fetalhead capture`` (a ``[capture]`` TOML table).
 
     ``stream`` None uses the source's name; ``fps`` None the source's own
-    rate; ``hwm`` None picks 4 frames in lossless mode (backpressure reaches
-    the capture quickly) and 16 in live mode; ``max_frames`` None is no limit.
+    rate; ``hwm`` None picks 4 frames in lossless mode (backpressure
+    reaches the capture quickly) and 16 in live mode; ``max_frames`` None
+    is no limit. ``fps`` and ``loop`` are also how the command opens its
+    source.
     A device that fails is reopened after ``retry_initial_s``, doubling up
     to ``retry_max_s`` while it keeps failing. ``keys`` turns CURVE on for
     the frames socket (see ``stream.keys``): the capture's key pair
     ``key_name`` (default ``capture``), clients allowed from ``allow``.
     """
 
-    pub: str = net.DEFAULT_PUB
-    mode: Literal["live", "lossless"] = "live"
-    stream: str | None = None
-    encoding: Literal["raw", "jpeg", "png"] = "raw"
-    fps: float | None = None
-    fast: bool = False
-    loop: bool = False
-    heartbeat_s: float = protocol.HEARTBEAT_INTERVAL_S
-    hwm: int | None = None
-    allow_remote: bool = False
-    max_frames: int | None = None
-    retry_initial_s: float = 0.5
-    retry_max_s: float = 8.0
-    keys: Path | None = None
-    key_name: str | None = None
-    allow: Path | None = None
+    pub: str = setting(net.DEFAULT_PUB, "address to bind")
+    mode: Literal["live", "lossless"] = setting(
+        "live", "live: PUB, slow consumers miss frames; lossless: PUSH to one worker, nothing dropped")
+    stream: str | None = setting(None, "stream id", shown="the source's name")
+    encoding: Literal["raw", "jpeg", "png"] = setting("raw", "pixel encoding on the wire")
+    fps: float | None = setting(None, "frame rate to play at", shown="the source's own")
+    fast: bool = setting(False, "as fast as the consumer takes frames")
+    loop: bool = setting(False, "replay a file or scan folder endlessly")
+    heartbeat_s: float = setting(protocol.HEARTBEAT_INTERVAL_S, "seconds between heartbeats", flag="heartbeat")
+    hwm: int | None = setting(None, "send queue in frames", shown="4 lossless, 16 live")
+    allow_remote: bool = setting(False, "allow binding a non-loopback address (frames are encrypted only with --keys)")
+    max_frames: int | None = setting(None, "stop after this many frames", shown="no limit")
+    retry_initial_s: float = setting(0.5, "seconds before reopening a device that failed", flag="retry-initial")
+    retry_max_s: float = setting(8.0, "longest wait between reopening tries (the wait doubles up to it)",
+                                 flag="retry-max")
+    keys: Path | None = keys_setting()
+    key_name: str | None = key_name_setting("capture")
+    allow: Path | None = allow_setting()
 
     def __post_init__(self) -> None:
         keys.check_options(self.keys, key_name=self.key_name, allow=self.allow)
@@ -141,12 +124,7 @@ class CaptureConfig:
         check(self.max_frames is None or self.max_frames >= 1, f"max_frames: must be >= 1, got {self.max_frames}")
         check(0 < self.retry_initial_s <= self.retry_max_s,
               f"retry_initial_s: must be > 0 and <= retry_max_s, got {self.retry_initial_s} and {self.retry_max_s}")
-        if self.stream is not None:
-            try:
-                protocol.topic(self.stream)
-            except protocol.ProtocolError as exc:
-                check(False, f"stream: {exc}")
-            check(not protocol.is_process_id(self.stream), f"stream: {self.stream!r} must not start with '_'")
+        protocol.check_stream_id(self.stream)
 
     @property
     def queue_size(self) -> int:
@@ -265,9 +243,9 @@ def _frames_with_retry(source: Source, pub: _Publisher,
         pub.status("info", f"{source.name}: reopened")
 
 
-def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
+def capture(source: Source, config: CaptureConfig = CaptureConfig(),
             stop_event: threading.Event | None = None) -> CaptureStats:
-    """Publish every frame of ``source`` (a spec for ``open_source``, or an open Source).
+    """Publish every frame of the open ``source``, and close it.
 
     Frames of stream ``config.stream`` (default: the source's name) get seq
     0, 1, 2 ... The run ends with an EndOfStream message: reason ``eof`` at
@@ -275,29 +253,28 @@ def capture(source: str | Source, config: CaptureConfig = CaptureConfig(),
     ``stopped`` when ``stop_event`` is set or on Ctrl-C, ``error`` when
     something fails for good (the error then propagates).
     """
-    server = keys.server_keys(config.keys, config.key_name or "capture", config.allow)
-    net.check_bind_address(config.pub, allow_remote=config.allow_remote, log_remote=False)
     stop = stop_event if stop_event is not None else threading.Event()
     lossless = config.mode == "lossless"
-    src = source if isinstance(source, Source) else open_source(source, fps=config.fps, loop=config.loop)
-    stream = config.stream or src.name
+    stream = config.stream or source.name
     started = time.monotonic()
-    with contextlib.closing(src):
+    with contextlib.closing(source):
+        server = keys.server_keys(config.keys, config.key_name or "capture", config.allow)
+        net.check_bind_address(config.pub, allow_remote=config.allow_remote, log_remote=False)
         # A source's own name (a file stem) may not be a valid stream id: say so before binding.
         try:
             protocol.topic(stream)
         except protocol.ProtocolError as exc:
-            raise SourceError(f"{src.name}: cannot be a stream id ({exc}); give one with --stream") from None
+            raise SourceError(f"{source.name}: cannot be a stream id ({exc}); give one with --stream") from None
         kind = zmq.PUSH if lossless else zmq.PUB
         with net.socket(kind, bind=config.pub, hwm=config.queue_size, linger=_LINGER_MS[config.mode],
                         allow_remote=config.allow_remote, curve=server) as sock:
             logger.info("capture %s: %s on %s, %s, %s", stream, "PUSH" if lossless else "PUB", config.pub,
-                        config.mode, "fast" if config.fast else f"{config.fps or src.fps or 0:g} fps")
+                        config.mode, "fast" if config.fast else f"{config.fps or source.fps or 0:g} fps")
             pub = _Publisher(sock, stream, stop, config.heartbeat_s, lossless=lossless)
-            src.on_warning = lambda message: pub.status("warning", message)
+            source.on_warning = lambda message: pub.status("warning", message)
             reason = "error"
             try:
-                reason = _publish_frames(src, pub, config)
+                reason = _publish_frames(source, pub, config)
             except KeyboardInterrupt:
                 reason = "stopped"
             finally:
@@ -331,34 +308,3 @@ def _publish_frames(source: Source, pub: _Publisher, config: CaptureConfig) -> s
         if config.max_frames is not None and pub.frames_out >= config.max_frames:
             return "max_frames"
     return "stopped" if pub.stop.is_set() else "eof"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("capture", "Publish frames from a video device, video file, scan folder or synthetic source.")
-    p.add_argument("source", help="device index (0), video file, scan folder, or 'synthetic'")
-    p.add_argument("--pub", help=f"address to bind (default {net.DEFAULT_PUB})")
-    p.add_argument("--mode", choices=("live", "lossless"),
-                   help="live: PUB, slow consumers miss frames; lossless: PUSH to one worker, nothing dropped")
-    p.add_argument("--stream", help="stream id (default: the source's name)")
-    pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--fps", type=float, help="frame rate to play at (default: the source's own)")
-    pace.add_argument("--fast", action="store_true", default=None, help="as fast as the consumer takes frames")
-    p.add_argument("--loop", action="store_true", default=None, help="replay a file or scan folder endlessly")
-    p.add_argument("--encoding", choices=("raw", "jpeg", "png"), help="pixel encoding on the wire (default raw)")
-    p.add_argument("--allow-remote", action="store_true", default=None,
-                   help="allow binding a non-loopback address (frames are encrypted only with --keys)")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    keys.add_flags(p, name="capture", server=True)
-    p.add_argument("--config", help="TOML file with a [capture] table")
-    args = p.parse_args(argv)
-    overrides = {name: getattr(args, name) for name in
-                 ("pub", "mode", "stream", "fps", "fast", "loop", "encoding", "allow_remote", "max_frames",
-                  "keys", "key_name", "allow")}
-
-    def work() -> int:
-        config = load(CaptureConfig, "capture", args.config, overrides)
-        with net.process_scope() as stop:
-            capture(args.source, config, stop)
-        return 0
-
-    return run(work, verbose=args.verbose)

@@ -1,4 +1,4 @@
-"""``fetalhead keys DIR``: CURVE key pairs, and the keys each process puts on its sockets.
+"""CURVE key pairs, and the keys each process puts on its sockets.
 
 ZeroMQ CURVE (CurveZMQ: Curve25519 key exchange, then every message
 encrypted and authenticated) protects every link when a process is given
@@ -21,30 +21,30 @@ machines, make each pair where it is used and copy only the ``.key`` files.
 The allow list is read when a process starts.
 
 ``ServerKeys`` and ``ClientKeys`` are what ``stream.net.socket`` puts on a
-socket; ``server_keys`` and ``client_keys`` resolve the flags to them, with
-a one-line ConfigError for anything missing or malformed.
+socket; ``server_keys`` and ``client_keys`` resolve a process's settings to
+them, with a one-line ConfigError for anything missing or malformed;
+``make_keys`` writes new pairs. The ``*_setting`` functions declare the key
+fields of every process's settings dataclass, with their help text.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import zmq
 import zmq.auth
 
-from models.config import ConfigError
-from tools.cli import parser as make_parser, run
-
-logger = logging.getLogger(__name__)
+from models.errors import ConfigError
+from models.settings import setting
 
 DEFAULT_NAMES = ("capture", "worker", "client")
 SECRET_SUFFIX = ".key_secret"
 PUBLIC_SUFFIX = ".key"
+_KEYS_HELP = (f"turn CURVE encryption on: folder holding this process's NAME{SECRET_SUFFIX} and the peers' "
+              f"public {PUBLIC_SUFFIX} files (make them with fetalhead keys)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,18 +145,24 @@ def client_keys(keys: Path | None, name: str, server: str, server_key: Path | No
     return ClientKeys(public, secret, read_public_key(path))
 
 
-def add_flags(p: argparse.ArgumentParser, *, name: str, server: bool = False, client: str | None = None) -> None:
-    """Add ``--keys``, ``--key-name`` and, for a binding process ``--allow``, for a connecting one
-    ``--server-key`` (``client`` names the server whose key is the default)."""
-    p.add_argument("--keys", type=Path, help=f"turn CURVE encryption on: folder holding this process's "
-                   f"NAME{SECRET_SUFFIX} and the peers' public .key files (make them with fetalhead keys)")
-    p.add_argument("--key-name", help=f"NAME of this process's key pair in --keys (default {name})")
-    if server:
-        p.add_argument("--allow", type=Path,
-                       help="folder of the public .key files of clients allowed to connect (default: --keys)")
-    if client is not None:
-        p.add_argument("--server-key", type=Path,
-                       help=f"public key file of the server to connect to (default: KEYS/{client}{PUBLIC_SUFFIX})")
+def keys_setting(help: str = _KEYS_HELP) -> Any:
+    """The ``keys`` field of a process's settings: None is no CURVE."""
+    return setting(None, help, shown="off")
+
+
+def key_name_setting(role: str) -> Any:
+    """The ``key_name`` field: None uses the process's ``role`` (``capture``, ``worker``, ``client``)."""
+    return setting(None, "NAME of this process's key pair in --keys", shown=role)
+
+
+def allow_setting() -> Any:
+    """The ``allow`` field of a binding process: None allows the public keys in ``keys``."""
+    return setting(None, f"folder of the public {PUBLIC_SUFFIX} files of clients allowed to connect", shown="--keys")
+
+
+def server_key_setting(server: str) -> Any:
+    """The ``server_key`` field of a connecting process: None is ``keys/<server>.key``."""
+    return setting(None, "public key file of the server to connect to", shown=f"KEYS/{server}{PUBLIC_SUFFIX}")
 
 
 def make_keys(folder: Path, names: Sequence[str], *, force: bool = False) -> list[Path]:
@@ -186,23 +192,3 @@ def make_keys(folder: Path, names: Sequence[str], *, force: bool = False) -> lis
         os.chmod(folder / f"{name}{PUBLIC_SUFFIX}", 0o644)
         made.append(Path(secret))
     return made
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("keys", "Make CURVE key pairs for encrypted, authenticated links.")
-    p.add_argument("folder", type=Path, help="folder for NAME.key (public) and NAME.key_secret (private) files")
-    p.add_argument("--name", action="append", dest="names",
-                   help=f"key pair to make; repeat for several (default: {', '.join(DEFAULT_NAMES)})")
-    p.add_argument("--force", action="store_true", help="replace existing key files")
-    args = p.parse_args(argv)
-
-    def work() -> int:
-        made = make_keys(args.folder, args.names or DEFAULT_NAMES, force=args.force)
-        for path in made:
-            logger.info("key pair %s: public %s, secret %s", path.name.removesuffix(SECRET_SUFFIX),
-                        path.with_suffix(PUBLIC_SUFFIX), path)
-        logger.info("give --keys %s to capture, worker, watch, record and run; copy only .key files "
-                    "to other machines", args.folder)
-        return 0
-
-    return run(work, verbose=args.verbose)

@@ -1,8 +1,8 @@
 """ZeroMQ sockets set up one way for capture, worker and consumers (docs/protocol.md, section 1).
 
-Thin on purpose: the message format lives in stream/protocol.py; loops,
-reconnection and shutdown live in the process that owns the socket. Every
-socket made here is a context manager that closes it (``with socket(...) as s``).
+The message format lives in stream/protocol.py; this module opens the
+sockets and keeps the receiving end of a link alive. Every socket made here
+is a context manager that closes it (``with socket(...) as s``).
 
 Oversized messages (over ``max_size``) are refused by ZeroMQ itself through
 ZMQ_MAXMSGSIZE, before any allocation, and ZeroMQ then closes that
@@ -14,14 +14,22 @@ tests/stream/test_net.py pins this behaviour down. ``ConnectionWatch`` tells
 such a refusal from an ordinary disconnect, so the receiver can say so in one
 line and reconnect at once.
 
+``Inbox`` is that receiving end for every process that connects (the
+worker's frames, every consumer's scores): a connecting socket that
+reconnects after ``silence_s`` without a message and at once where ZeroMQ
+closed a connection for good, reporting each closed connection through one
+callback. ``Subscriber`` is the consumer side of the scores socket built on
+it, handing out decoded messages; ``Throttled`` is the one rate limit of
+warnings about a flood of bad input.
+
 With ``curve`` (``stream.keys``) a socket is encrypted and authenticated
 with ZeroMQ CURVE: a binding socket is the CURVE server and admits only the
 client keys of its allow list, checked by one ZAP handler per process
 (``stop_authenticator`` ends it before the context is terminated).
 """
-
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import ipaddress
@@ -30,13 +38,14 @@ import signal
 import socket as pysocket
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from models.config import ConfigError
+from models.errors import ConfigError
+from stream import protocol
 from stream.keys import ClientKeys, ServerKeys
 from stream.protocol import DEFAULT_MAX_SIZE
 
@@ -54,6 +63,10 @@ _KEEPALIVE_INTERVAL_S = 5
 _KEEPALIVE_PROBES = 2
 
 _LOCAL_SCHEMES = ("ipc", "inproc")
+
+# Why ZeroMQ closed a connection for good (``ConnectionWatch.poll``).
+REFUSED_MESSAGE = "refused_message"
+AUTH_FAILED = "auth_failed"
 
 
 def context() -> zmq.Context:
@@ -251,7 +264,7 @@ class ConnectionWatch:
     same endpoint within ``grace_s`` is a refused message. A failed CURVE
     handshake (the server refused our key, or we have the wrong server key)
     is reported as such. ``poll()`` returns ``(endpoint, reason)`` pairs,
-    reason ``"refused_message"`` or ``"auth_failed"``; the caller reconnects.
+    reason ``REFUSED_MESSAGE`` or ``AUTH_FAILED``; the caller reconnects.
     """
 
     _RETRIED = frozenset({zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED, zmq.EVENT_CONNECTED})
@@ -284,12 +297,12 @@ class ConnectionWatch:
                 self._closed_at.pop(endpoint, None)
             elif event["event"] in self._AUTH_FAILED:
                 self._auth_failed.add(endpoint)
-                found.append((endpoint, "auth_failed"))
+                found.append((endpoint, AUTH_FAILED))
         now = self.clock()
         for endpoint, at in list(self._closed_at.items()):
             if now - at >= self.grace_s:
                 del self._closed_at[endpoint]
-                found.append((endpoint, "refused_message"))
+                found.append((endpoint, REFUSED_MESSAGE))
         return found
 
     def close(self) -> None:
@@ -309,6 +322,174 @@ def recv(sock: zmq.Socket, timeout_s: float | None) -> bytes | None:
     if sock.poll(timeout_ms, zmq.POLLIN):
         return sock.recv()
     return None
+
+
+class Throttled:
+    """At most one warning per key every ``interval_s`` seconds on ``logger``, counting the ones held back.
+
+    A flood of bad messages is then a line every few seconds, each saying
+    how many of its kind came since the last one.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 5.0, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s < 0:
+            raise ValueError(f"interval_s must be >= 0, got {interval_s}")
+        self.logger = logger
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def warning(self, key: str, message: str) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] += 1
+            return
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        self.logger.warning("%s%s", message, f" (and {held} more {key} since the last warning)" if held else "")
+
+
+class Inbox:
+    """A connecting socket (SUB or PULL) on ``addrs`` that keeps its connections alive.
+
+    ``wait(timeout_s)`` first reconnects every connection ZeroMQ closed for
+    good since the last call (``ConnectionWatch``), handing each to
+    ``on_closed(endpoint, reason)`` (reason ``REFUSED_MESSAGE``: reconnected;
+    ``AUTH_FAILED``: left to ZeroMQ's own retries, the keys must change),
+    then waits for a message. After ``silence_s`` without any message
+    (heartbeats make silence abnormal) it disconnects and connects every
+    address again. ``sock`` is the socket to receive from; the other
+    arguments are ``socket``'s.
+    """
+
+    def __init__(self, kind: int, addrs: Sequence[str], *, on_closed: Callable[[str, str], None],
+                 silence_s: float = protocol.DEAD_AFTER_S, hwm: int = DEFAULT_HWM,
+                 max_size: int = DEFAULT_MAX_SIZE, subscribe: list[bytes] | None = None,
+                 curve: ClientKeys | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if not addrs:
+            raise ValueError("an inbox needs at least one address")
+        if not silence_s > 0:
+            raise ValueError(f"silence_s must be > 0, got {silence_s}")
+        self.addrs = tuple(addrs)
+        self.silence_s = silence_s
+        self.clock = clock
+        self.on_closed = on_closed
+        self.reconnects = 0
+        self.sock = socket(kind, connect=self.addrs[0], hwm=hwm, max_size=max_size, subscribe=subscribe,
+                           curve=curve)
+        try:
+            for addr in self.addrs[1:]:
+                self.sock.connect(addr)
+            self.connections = ConnectionWatch(self.sock)
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
+        self._heard_at = clock()
+
+    def wait(self, timeout_s: float) -> bool:
+        """True as soon as a message is waiting on ``sock``, False after ``timeout_s`` seconds without one."""
+        for endpoint, reason in self.connections.poll():
+            self.on_closed(endpoint, reason)
+            if reason == REFUSED_MESSAGE:
+                self.reconnect([endpoint] if endpoint in self.addrs else self.addrs)
+        ready = bool(self.sock.poll(round(timeout_s * 1000), zmq.POLLIN))
+        now = self.clock()
+        if ready:
+            self._heard_at = now
+        elif now - self._heard_at >= self.silence_s:
+            log.debug("nothing on %s for %.1f s: reconnecting", ", ".join(self.addrs), self.silence_s)
+            self.reconnect(self.addrs)
+        return ready
+
+    def reconnect(self, addrs: Sequence[str]) -> None:
+        """Disconnect and connect ``addrs`` again."""
+        for addr in addrs:
+            try:
+                self.sock.disconnect(addr)
+            except zmq.ZMQError:
+                # Not connected (any more); connecting again is all that is needed.
+                pass
+            self.sock.connect(addr)
+        self.reconnects += 1
+        self._heard_at = self.clock()
+
+    def close(self) -> None:
+        self.connections.close()
+        self.sock.close(linger=0)
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Subscriber:
+    """The consumer side of a scores socket: a SUB ``Inbox`` that hands out decoded messages.
+
+    ``stream`` None takes every stream; otherwise that stream plus every
+    process-level message (heartbeats, process status). Messages that do not
+    decode and connections ZeroMQ closed are counted in ``rejected`` and
+    logged (``Throttled``: a warning per class every ``warn_interval_s``).
+    ``curve`` makes it a CURVE client (``stream.keys.client_keys``).
+    """
+
+    def __init__(self, addr: str, stream: str | None = None, *, hwm: int = DEFAULT_HWM,
+                 max_size: int = DEFAULT_MAX_SIZE, silence_s: float = protocol.DEAD_AFTER_S,
+                 warn_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 curve: ClientKeys | None = None) -> None:
+        self.addr = addr
+        self.max_size = max_size
+        self.rejected = 0
+        self._warn = Throttled(log, warn_interval_s, clock=clock)
+        subscribe = None if stream is None else [protocol.topic(stream), b"_"]
+        self.inbox = Inbox(zmq.SUB, [addr], on_closed=self._closed, silence_s=silence_s, hwm=hwm,
+                           max_size=max_size, subscribe=subscribe, curve=curve, clock=clock)
+
+    @property
+    def reconnects(self) -> int:
+        return self.inbox.reconnects
+
+    def _closed(self, endpoint: str, reason: str) -> None:
+        self.rejected += 1
+        if reason == AUTH_FAILED:
+            self._warn.warning(reason, f"scores from {endpoint}: the CURVE handshake failed (is our key in the "
+                                       f"worker's allow list, and --server-key the worker's key?)")
+        else:
+            self._warn.warning(reason, f"scores from {endpoint}: a message over {self.max_size} bytes was "
+                                       f"refused unread and the connection closed; reconnected")
+
+    def receive(self, timeout_s: float, limit: int = 1000) -> list[protocol.Message]:
+        """What arrives within ``timeout_s`` seconds plus what is queued behind it, up to ``limit`` messages.
+
+        The limit keeps a flood from starving the caller's display and stop checks.
+        """
+        messages: list[protocol.Message] = []
+        if not self.inbox.wait(timeout_s):
+            return messages
+        for _ in range(limit):
+            try:
+                data = self.inbox.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                messages.append(protocol.decode(data, max_size=self.max_size))
+            except protocol.ProtocolError as exc:
+                self.rejected += 1
+                self._warn.warning(exc.kind, f"rejected message ({exc.kind}): {exc}")
+        return messages
+
+    def close(self) -> None:
+        self.inbox.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def free_tcp_address() -> str:

@@ -31,7 +31,7 @@ import cv2
 import msgpack
 import numpy as np
 
-from models.errors import FetalheadError
+from models.errors import ConfigError, FetalheadError
 
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -41,6 +41,7 @@ DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 # HEARTBEAT_MISSES_DEAD intervals treats the process as dead.
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_MISSES_DEAD = 3
+DEAD_AFTER_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_MISSES_DEAD
 
 TOPIC_SEPARATOR = b"\x00"
 DTYPES = ("uint8",)
@@ -165,6 +166,18 @@ def process_id(role: str, name: str | None = None) -> str:
 def topic(stream: str) -> bytes:
     """The topic prefix of stream ``stream``: its UTF-8 bytes plus NUL, for SUBSCRIBE."""
     return _stream(stream, "stream", process=None).encode() + TOPIC_SEPARATOR
+
+
+def check_stream_id(stream: str | None) -> None:
+    """ConfigError unless ``stream`` is None or a valid data stream id (a setting, not a message field)."""
+    if stream is None:
+        return
+    try:
+        topic(stream)
+    except ProtocolError as exc:
+        raise ConfigError(f"stream: {exc}") from None
+    if is_process_id(stream):
+        raise ConfigError(f"stream: {stream!r} is a process id; data streams never start with '_'")
 
 
 # --- messages --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``fetalhead record``: scores to CSV, annotated frames to a video, optionally on screen.
+"""The recorder: scores to CSV, annotated frames to a video, optionally on screen (``fetalhead record``).
 
 Scores come from the worker's scores socket. Frames come from the same
 socket when the worker forwards them (``fetalhead worker --forward-frames``),
@@ -17,7 +17,8 @@ grey "no score" label and counted, a score whose frame never came is counted,
 and both counts are reported at the end.
 
 ``Recorder`` holds the files and is driven with protocol messages, so tests
-need no sockets; ``annotate`` is the pure drawing; ``record`` is the socket shell.
+need no sockets; ``annotate`` is the pure drawing; ``record`` is the socket
+shell around a ``net.Subscriber``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from models.config import ConfigError, check, load
+from models.classes import class_name
+from models.errors import ConfigError
+from models.settings import check, setting
 from stream import keys, net, protocol
+from stream.keys import key_name_setting, keys_setting, server_key_setting
 from stream.stats import GapCounter
-from stream.watch import LABELS, Subscription, check_stream_id, decision_label
-from tools.cli import parser as make_parser, run
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ def annotate(image: np.ndarray, score: float | None, threshold: float, decision:
             cv2.rectangle(out, (x0, y0), (filled, y1), colour, -1)
         mark = x0 + round((x1 - x0) * threshold)
         cv2.line(out, (mark, y0 - 2), (mark, y1 + 2), _THRESHOLD_MARK, max(1, edge // 2))
-    _text(out, f"{LABELS[head]} {score:.2f}", (edge + 4, text_y), scale, colour)
+    _text(out, f"{class_name(head)} {score:.2f}", (edge + 4, text_y), scale, colour)
     return out
 
 
@@ -165,7 +167,7 @@ def csv_row(score: protocol.Score) -> dict[str, str]:
     """A Score as a CSV row of CSV_FIELDS; flags joined with ';'."""
     return {
         "stream": score.stream, "seq": str(score.seq), "score": f"{score.score:.6f}",
-        "decision": decision_label(score.decision), "threshold": f"{score.threshold:.6f}",
+        "decision": class_name(score.decision), "threshold": f"{score.threshold:.6f}",
         "flags": ";".join(score.flags), "latency_ms": f"{score.latency * 1000:.3f}",
         "t_capture": f"{score.t_capture:.6f}", "t_scored": f"{score.t_scored:.6f}", "model": score.model,
     }
@@ -331,25 +333,27 @@ class RecordConfig:
     ``fetalhead watch``.
     """
 
-    sub: str = net.DEFAULT_SCORES
-    csv: Path | None = None
-    video: Path | None = None
-    show: bool = False
-    stream: str | None = None
-    until_eos: bool = False
-    fps: float | None = None
-    append: bool = False
-    flush_s: float = 1.0
-    hwm: int = 256
-    keys: Path | None = None
-    key_name: str | None = None
-    server_key: Path | None = None
+    sub: str = setting(net.DEFAULT_SCORES, "scores address to connect to")
+    csv: Path | None = setting(None, "write every score to this CSV file")
+    video: Path | None = setting(None, "write annotated frames to this .mp4 (mp4v) or .avi (MJPG); needs worker "
+                                       "--forward-frames; without --stream one file per stream, named NAME-STREAM.EXT")
+    show: bool = setting(False, "also show the annotated frames in a window (needs opencv-python and a display)")
+    stream: str | None = setting(None, "record only this stream (the video is written to --video as given)",
+                                 shown="every stream")
+    until_eos: bool = setting(False, "exit when every stream seen has ended, instead of running until Ctrl-C")
+    fps: float | None = setting(None, "video frame rate", shown="estimated from the frames' times")
+    append: bool = setting(False, "append to an existing CSV and keep existing videos (write NAME-1.EXT ...)")
+    flush_s: float = setting(1.0, "seconds between flushes of the CSV file", flag="flush-interval")
+    hwm: int = setting(256, "receive queue in messages")
+    keys: Path | None = keys_setting()
+    key_name: str | None = key_name_setting("client")
+    server_key: Path | None = server_key_setting("worker")
 
     def __post_init__(self) -> None:
         keys.check_options(self.keys, key_name=self.key_name, server_key=self.server_key)
         check(self.csv is not None or self.video is not None or self.show,
               "nothing to record: give --csv, --video or --show")
-        check_stream_id(self.stream)
+        protocol.check_stream_id(self.stream)
         if self.video is not None:
             check(self.video.suffix.lower() in CODECS,
                   f"video: {str(self.video)!r} must end in {' or '.join(CODECS)}")
@@ -590,7 +594,7 @@ def record(config: RecordConfig, stop_event: threading.Event | None = None) -> R
     """
     stop = stop_event if stop_event is not None else threading.Event()
     curve = keys.client_keys(config.keys, config.key_name or "client", "worker", config.server_key)
-    with Subscription(config.sub, config.stream, hwm=config.hwm, curve=curve) as sub:
+    with net.Subscriber(config.sub, config.stream, hwm=config.hwm, curve=curve) as sub:
         recorder = Recorder(config)
         try:
             logger.info("recording %s from %s", config.stream or "every stream", config.sub)
@@ -601,34 +605,3 @@ def record(config: RecordConfig, stop_event: threading.Event | None = None) -> R
             stats = dataclasses.replace(recorder.close(), rejected=sub.rejected)
     report(stats)
     return stats
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("record", "Write scores to CSV and annotated frames to a video.")
-    p.add_argument("--sub", help=f"scores address to connect to (default {net.DEFAULT_SCORES})")
-    p.add_argument("--csv", type=Path, help="write every score to this CSV file")
-    p.add_argument("--video", type=Path,
-                   help="write annotated frames to this .mp4 (mp4v) or .avi (MJPG); needs worker --forward-frames; "
-                        "without --stream one file per stream, named NAME-STREAM.EXT")
-    p.add_argument("--show", action="store_true", default=None,
-                   help="also show the annotated frames in a window (needs opencv-python and a display)")
-    p.add_argument("--stream", help="record only this stream (the video is written to --video as given)")
-    p.add_argument("--until-eos", action="store_true", default=None,
-                   help="exit when every stream seen has ended (default: run until Ctrl-C)")
-    p.add_argument("--fps", type=float, help="video frame rate (default: estimated from the frames' times)")
-    p.add_argument("--append", action="store_true", default=None,
-                   help="append to an existing CSV and keep existing videos (write NAME-1.EXT ...)")
-    keys.add_flags(p, name="client", client="worker")
-    p.add_argument("--config", help="TOML file with a [record] table")
-    args = p.parse_args(argv)
-    overrides = {name: getattr(args, name) for name in
-                 ("sub", "csv", "video", "show", "stream", "until_eos", "fps", "append", "keys", "key_name",
-                  "server_key")}
-
-    def work() -> int:
-        config = load(RecordConfig, "record", args.config, overrides)
-        with net.process_scope() as stop:
-            record(config, stop)
-        return 0
-
-    return run(work, verbose=args.verbose)

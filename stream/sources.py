@@ -1,19 +1,21 @@
-"""Frame sources for ``fetalhead capture``: devices, video files, scan folders, synthetic.
+"""Frame sources for the capture: what a source is, and the two OpenCV ones (devices, video files).
 
 A source is iterated for ``(image, t_source)`` pairs: ``image`` is uint8
 (H, W) or (H, W, 3) BGR as OpenCV gives it, ``t_source`` the frame's time in
-seconds on the source's own clock (frame index / fps for files, folders and
-the synthetic source; None for a device, whose frames are stamped on capture).
-Sources do no pacing and open no sockets: ``stream.capture`` does both.
+seconds on the source's own clock (frame index / fps for a file; None for a
+device, whose frames are stamped on capture). Sources do no pacing and open
+no sockets: ``stream.capture`` does both. Sources backed by training data
+(scan folders, the synthetic phantom) live with the command that opens
+them, ``tools.sources``, so this package needs nothing of ``train``.
 
-``open_source`` checks its input before anything is sent, and every bad
-input is a one-line ``SourceError`` naming the source. A file that breaks in
-the middle ends the stream with a warning (``Source.warn``, which the capture
-also publishes as a Status) after its last good frame. A device that fails
+A source checks its input when it is made, and every bad input is a
+one-line ``SourceError`` naming the source. A file that breaks in the middle
+ends the stream with a warning (``Source.warn``, which the capture also
+publishes as a Status) after its last good frame. A device that fails
 raises ``SourceError`` from the iteration, and ``reopen`` tries it again
 (``Source.retry`` tells the capture loop to do so with backoff); so does a
-looped file or scan folder that goes missing or unreadable, since it too is
-meant to run until stopped.
+looped file that goes missing or unreadable, since it too is meant to run
+until stopped.
 """
 
 from __future__ import annotations
@@ -21,21 +23,17 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
-from models.errors import DataError, FetalheadError
-
-if TYPE_CHECKING:
-    from train.data import Scan
+from models.errors import FetalheadError
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC = "synthetic"
-SCAN_FOLDER_FPS = 25.0
-SYNTHETIC_FPS = 30.0
+# The frame rate of a file that does not say its own.
+DEFAULT_FPS = 25.0
 
 
 class SourceError(FetalheadError):
@@ -168,8 +166,8 @@ class VideoFileSource(Source):
             return float(fps)
         if own and math.isfinite(own) and own > 0:
             return float(own)
-        logger.warning("video file %s: no frame rate in the file, using %g fps", self.path, SCAN_FOLDER_FPS)
-        return SCAN_FOLDER_FPS
+        logger.warning("video file %s: no frame rate in the file, using %g fps", self.path, DEFAULT_FPS)
+        return DEFAULT_FPS
 
     def reopen(self) -> None:
         self._probe(self.fps)
@@ -212,93 +210,3 @@ class VideoFileSource(Source):
         yield from self._play_once()
         while self.loop:
             yield from self._play_once()
-
-
-class ScanFolderSource(Source):
-    """A scan folder in the training data format (see ``train.data``), at ``fps`` (default 25).
-
-    A looped folder is retried when it goes missing or unreadable.
-    """
-
-    def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False) -> None:
-        self.path = Path(path)
-        self.scan = self._load()
-        self.name = self.scan.name
-        self.fps = float(fps) if fps else SCAN_FOLDER_FPS
-        self.loop = loop
-        self.retry = loop
-
-    def _load(self) -> Scan:
-        """The scan, checked; SourceError naming the folder's first fatal problem."""
-        from train.data import load_scan
-
-        scan, problems = load_scan(self.path)
-        if scan is None:
-            fatal = [p for p in problems if p.fatal]
-            more = f" (and {len(fatal) - 1} more problems)" if len(fatal) > 1 else ""
-            raise SourceError(f"scan folder {self.path}: {fatal[0].message if fatal else 'cannot be read'}{more}")
-        if len(scan) == 0:
-            raise SourceError(f"scan folder {self.path}: no frames")
-        return scan
-
-    def reopen(self) -> None:
-        self.scan = self._load()
-
-    def _play_once(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        index = 0
-        try:
-            for frame in self.scan.iter_frames():
-                yield frame, index / self.fps
-                index += 1
-        except DataError as exc:
-            self.warn(f"scan folder {self.path}: ended after {index} of {len(self.scan)} frames ({exc})")
-            if index == 0:
-                raise SourceError(f"scan folder {self.path}: no frame could be read ({exc})") from None
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        yield from self._play_once()
-        while self.loop:
-            yield from self._play_once()
-
-
-class SyntheticSource(Source):
-    """Endless synthetic ultrasound sweeps (``train.synth``), uint8 (height, width)."""
-
-    def __init__(self, *, fps: float | None = None, seed: int = 0, height: int = 256, width: int = 320) -> None:
-        from train.synth import synthetic_frames
-
-        self.name = SYNTHETIC
-        self.fps = float(fps) if fps else SYNTHETIC_FPS
-        self._frames = synthetic_frames(seed, height, width)
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        index = 0
-        for frame, _label in self._frames:
-            yield frame, index / self.fps
-            index += 1
-
-
-def open_source(spec: str, *, fps: float | None = None, loop: bool = False, seed: int = 0,
-                size: tuple[int, int] = (256, 320)) -> Source:
-    """The source that ``spec`` names, opened and checked.
-
-    spec: a device index (``"0"``), a video file, a scan folder or ``"synthetic"``.
-    fps: the nominal frame rate, overriding the file's own (for a device, a
-    request to the driver). loop: replay a file or folder endlessly.
-    seed, size (height, width): the synthetic source's frames.
-    Raises SourceError (one line) when the source cannot be used.
-    """
-    if fps is not None and not fps > 0:
-        raise SourceError(f"source {spec}: fps must be > 0, got {fps}")
-    text = str(spec).strip()
-    if text.isdigit():
-        return DeviceSource(int(text), fps=fps)
-    if text == SYNTHETIC:
-        return SyntheticSource(fps=fps, seed=seed, height=size[0], width=size[1])
-    path = Path(text)
-    if path.is_dir():
-        return ScanFolderSource(path, fps=fps, loop=loop)
-    if not path.exists():
-        raise SourceError(f"source {text}: not found (expected a device index, a video file, "
-                          f"a scan folder or '{SYNTHETIC}')")
-    return VideoFileSource(path, fps=fps, loop=loop)

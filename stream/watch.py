@@ -1,13 +1,12 @@
-"""``fetalhead watch``: a live table of every stream's scores and the worker's health.
+"""The viewer's state and loop: every stream's scores and every process's health (``fetalhead watch``).
 
 ``StreamBoard`` is the pure state that tests drive with protocol messages:
 ``update(msg)`` folds one message in, ``rows()`` gives one dict per stream,
-``processes()`` the heartbeat figures of each process and ``warnings()`` what
-a person should notice (a worker that went silent). ``render`` turns a board
-into a rich table; ``watch`` is the socket shell around both.
-
-``Subscription`` is the consumer side of the scores socket, shared with
-``fetalhead record``.
+``processes()`` the heartbeat figures of each process and ``alerts()`` what
+a person should notice (a worker that went silent). ``watch`` is the socket
+shell: it folds what a ``net.Subscriber`` receives into the board and hands
+the board to a ``BoardView``, which draws it (``tools.render``); nothing
+here draws.
 """
 
 from __future__ import annotations
@@ -15,141 +14,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
-import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol
 
-import zmq
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
-from models.config import check, load
+from models.classes import class_name
+from models.settings import check, setting
 from stream import keys, net, protocol
+from stream.keys import key_name_setting, keys_setting, server_key_setting
 from stream.stats import GapCounter, LatencyWindow, RateCounter
-from tools.cli import parser as make_parser, run
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("Not-Head", "Head")
-_BAR_WIDTH = 6
-_DEAD_AFTER_S = protocol.HEARTBEAT_INTERVAL_S * protocol.HEARTBEAT_MISSES_DEAD
-_WARN_EVERY_S = 5.0
-
-
-def decision_label(decision: bool) -> str:
-    """``Head`` or ``Not-Head``: the class names the bundle uses."""
-    return LABELS[bool(decision)]
-
-
-def check_stream_id(stream: str | None) -> None:
-    """ConfigError unless ``stream`` is None or a valid data stream id."""
-    if stream is None:
-        return
-    try:
-        protocol.topic(stream)
-    except protocol.ProtocolError as exc:
-        check(False, f"stream: {exc}")
-    check(not protocol.is_process_id(stream), f"stream: {stream!r} is a process id; data streams never start with '_'")
-
-
-class Subscription:
-    """A SUB socket on a scores address that hands out decoded messages.
-
-    ``stream`` None takes every stream; otherwise that stream plus every
-    process-level message (heartbeats, process status). Messages that do not
-    decode are counted in ``rejected`` and logged (a warning per class every
-    few seconds). ZeroMQ does not reconnect by itself after refusing an
-    oversized message: that is logged and the socket reconnects at once; and
-    after ``silence_s`` without any message (heartbeats make silence
-    abnormal) it disconnects and connects again too. ``curve`` makes it a
-    CURVE client (``stream.keys.client_keys``).
-    """
-
-    def __init__(self, addr: str, stream: str | None = None, *, hwm: int = net.DEFAULT_HWM,
-                 max_size: int = protocol.DEFAULT_MAX_SIZE, silence_s: float = _DEAD_AFTER_S,
-                 clock: Callable[[], float] = time.monotonic, curve: keys.ClientKeys | None = None) -> None:
-        self.addr = addr
-        self.max_size = max_size
-        self.silence_s = silence_s
-        self.clock = clock
-        self.rejected = 0
-        self.reconnects = 0
-        subscribe = None if stream is None else [protocol.topic(stream), b"_"]
-        self.sock = net.socket(zmq.SUB, connect=addr, hwm=hwm, max_size=max_size, subscribe=subscribe, curve=curve)
-        self.connections = net.ConnectionWatch(self.sock)
-        self._heard_at = clock()
-        self._warned_at: dict[str, float] = {}
-
-    def receive(self, timeout_s: float, limit: int = 1000) -> list[protocol.Message]:
-        """What arrives within ``timeout_s`` seconds plus what is queued behind it, up to ``limit`` messages.
-
-        The limit keeps a flood from starving the caller's display and stop checks.
-        """
-        messages: list[protocol.Message] = []
-        data = net.recv(self.sock, timeout_s)
-        now = self.clock()
-        if data is not None:
-            self._heard_at = now
-        elif now - self._heard_at >= self.silence_s:
-            self._reconnect()
-        for endpoint, reason in self.connections.poll():
-            self.rejected += 1
-            if reason == "auth_failed":
-                self._warn(reason, f"scores from {endpoint}: the CURVE handshake failed (is our key in the worker's "
-                                   f"allow list, and --server-key the worker's key?)")
-            else:
-                self._warn(reason, f"scores from {endpoint}: a message over {self.max_size} bytes was refused "
-                                   f"unread and the connection closed; reconnected")
-                self._reconnect()
-        taken = 0
-        while data is not None:
-            taken += 1
-            try:
-                messages.append(protocol.decode(data, max_size=self.max_size))
-            except protocol.ProtocolError as exc:
-                self.rejected += 1
-                self._warn(exc.kind, f"rejected message ({exc.kind}): {exc}")
-            if taken >= limit:
-                break
-            try:
-                data = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                data = None
-        return messages
-
-    def _warn(self, key: str, message: str) -> None:
-        """A warning per ``key`` every few seconds: a flood of bad messages must not flood the log."""
-        now = self.clock()
-        if now - self._warned_at.get(key, -math.inf) >= _WARN_EVERY_S:
-            self._warned_at[key] = now
-            logger.warning("%s", message)
-
-    def _reconnect(self) -> None:
-        logger.debug("nothing on %s for %.1f s: reconnecting", self.addr, self.silence_s)
-        try:
-            self.sock.disconnect(self.addr)
-        except zmq.ZMQError:
-            # Already disconnected; connecting again is all that is needed.
-            pass
-        self.sock.connect(self.addr)
-        self.reconnects += 1
-        self._heard_at = self.clock()
-
-    def close(self) -> None:
-        self.connections.close()
-        self.sock.close(linger=0)
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+# The most often a view is handed the board: a flood of messages must not redraw the table for each.
+_VIEW_EVERY_S = 0.1
 
 
 @dataclasses.dataclass
@@ -192,7 +71,7 @@ class StreamBoard:
     """
 
     def __init__(self, *, rate_window_s: float = 2.0, latency_samples: int = 1000,
-                 dead_after_s: float = _DEAD_AFTER_S, events: int = 5,
+                 dead_after_s: float = protocol.DEAD_AFTER_S, events: int = 5,
                  clock: Callable[[], float] = time.time) -> None:
         if not dead_after_s > 0:
             raise ValueError(f"dead_after_s must be > 0, got {dead_after_s}")
@@ -274,7 +153,7 @@ class StreamBoard:
                 "stream": name,
                 "seq": last.seq if last else None,
                 "score": last.score if last else None,
-                "decision": decision_label(last.decision) if last else None,
+                "decision": class_name(last.decision) if last else None,
                 "threshold": last.threshold if last else None,
                 "model": last.model if last else None,
                 "flags": last.flags if last else (),
@@ -352,92 +231,6 @@ class StreamBoard:
         return list(self.alerts(now).values())
 
 
-# --- rendering ------------------------------------------------------------------------
-
-
-def score_bar(score: float | None, width: int = _BAR_WIDTH) -> str:
-    """``score`` in [0, 1] as a bar of block characters ``width`` wide."""
-    if score is None:
-        return " " * width
-    filled = round(max(0.0, min(1.0, score)) * width)
-    return "█" * filled + "░" * (width - filled)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _age(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
-
-
-def _drops(row: dict) -> str:
-    return f"{row['drops']}" + (f" ({row['lost']} lost)" if row["lost"] else "")
-
-
-def render(board: StreamBoard, now: float | None = None) -> RenderableType:
-    """The board as a rich table, one row per stream, then process health and recent events."""
-    now = board.clock() if now is None else now
-    table = Table(title="fetalhead streams", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for name, justify in (("stream", "left"), ("seq", "right"), ("score", "left"), ("decision", "left"),
-                          ("fps in/out", "right"), ("ms p50/p99", "right"), ("drops", "right"),
-                          ("flags", "left"), ("last", "right")):
-        table.add_column(name, justify=justify)
-    for row in board.rows(now):
-        if row["decision"] is None:
-            decision: Text | str = ""
-        elif row["decision"] == LABELS[1]:
-            decision = Text(row["decision"], style="bold black on green")
-        else:
-            decision = Text(row["decision"], style="dim")
-        score = "" if row["score"] is None else f"{row['score']:.2f} {score_bar(row['score'])}"
-        last = "ended" if row["ended"] else _age(row["age_s"])
-        table.add_row(row["stream"], "-" if row["seq"] is None else str(row["seq"]), score, decision,
-                      f"{row['fps_in']:.1f}/{row['fps_out']:.1f}",
-                      f"{_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])}", _drops(row),
-                      ",".join(row["flags"]), last)
-    parts: list[RenderableType] = [table]
-    for proc in board.processes(now):
-        parts.append(Text(process_line(proc), style="red" if proc["dead"] else ""))
-    for line in board.warnings(now):
-        parts.append(Text(f"warning: {line}", style="bold red"))
-    for event in board.events:
-        style = {"error": "red", "warning": "yellow"}.get(event.level, "dim")
-        parts.append(Text(f"{event.stream} {event.level}: {event.message}", style=style))
-    return Group(*parts)
-
-
-def process_line(proc: dict) -> str:
-    """One line of a process's heartbeat figures; figures it does not report are left out."""
-    if proc["loading"] and not proc["dead"]:
-        since = "" if proc["uptime_s"] is None else f" ({proc['uptime_s']:.0f} s)"
-        what = "loading its model" if proc["role"] == "worker" else "starting"
-        return f"{proc['role']} pid {proc['pid']}: {what}{since}"
-    parts = [f"{name} {proc[key]}" for name, key in (("in", "frames_in"), ("out", "frames_out"),
-                                                       ("dropped", "dropped")) if proc[key] is not None]
-    if proc["rejected_by"] or proc["role"] == "worker":
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(proc["rejected_by"].items()))
-        parts.append(f"rejected {proc['rejected']}" + (f" ({detail})" if detail else ""))
-    rates = [f"{proc[key]:.1f} fps {name}" for name, key in (("in", "fps_in"), ("out", "fps_out"))
-             if proc[key] is not None]
-    if proc["dead"]:
-        rates.append(f"silent {proc['silent_s']:.0f} s")
-    return f"{proc['role']} pid {proc['pid']}: " + ", ".join([" ".join(parts)] + rates if parts else rates)
-
-
-def row_line(row: dict) -> str:
-    """One plain-text line of a stream row, for logs and non-terminal output."""
-    score = "-" if row["score"] is None else f"{row['score']:.2f}"
-    state = f" ended ({row['end_reason']})" if row["ended"] else ""
-    flags = f" [{','.join(row['flags'])}]" if row["flags"] else ""
-    return (f"{row['stream']} seq {row['seq'] if row['seq'] is not None else '-'} score {score} "
-            f"{row['decision'] or '-'}{flags} in/out {row['fps_in']:.1f}/{row['fps_out']:.1f} fps "
-            f"p50/p99 {_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])} ms drops {_drops(row)}{state}")
-
-
-# --- the command ------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class WatchConfig:
     """Settings of ``fetalhead watch`` (a ``[watch]`` TOML table).
@@ -449,91 +242,51 @@ class WatchConfig:
     (default ``keys/worker.key``).
     """
 
-    sub: str = net.DEFAULT_SCORES
-    stream: str | None = None
-    until_eos: bool = False
-    interval_s: float = 1.0
-    hwm: int = 64
-    keys: Path | None = None
-    key_name: str | None = None
-    server_key: Path | None = None
+    sub: str = setting(net.DEFAULT_SCORES, "scores address to connect to")
+    stream: str | None = setting(None, "show only this stream", shown="every stream")
+    until_eos: bool = setting(False, "exit when every stream seen has ended, instead of running until Ctrl-C")
+    interval_s: float = setting(1.0, "seconds between lines when the output is not a terminal", flag="interval")
+    hwm: int = setting(64, "receive queue in messages")
+    keys: Path | None = keys_setting()
+    key_name: str | None = key_name_setting("client")
+    server_key: Path | None = server_key_setting("worker")
 
     def __post_init__(self) -> None:
         keys.check_options(self.keys, key_name=self.key_name, server_key=self.server_key)
-        check_stream_id(self.stream)
+        protocol.check_stream_id(self.stream)
         check(self.interval_s > 0, f"interval_s: must be > 0, got {self.interval_s}")
         check(self.hwm >= 1, f"hwm: must be >= 1, got {self.hwm}")
 
 
-def watch(config: WatchConfig = WatchConfig(), stop_event: threading.Event | None = None, *,
-          console: Console | None = None, board: StreamBoard | None = None) -> StreamBoard:
-    """Show the scores on ``config.sub`` until stopped (or every stream ended, with ``until_eos``).
+class BoardView(Protocol):
+    """What ``watch`` hands the board to: ``update`` while it runs, ``close`` once at the end."""
 
-    On a terminal the table updates in place; elsewhere (a pipe, a log file)
-    a line per changed stream is printed every ``interval_s`` and the full
-    table once at the end. Returns the board with everything seen.
+    def update(self, board: StreamBoard) -> None: ...
+
+    def close(self, board: StreamBoard) -> None: ...
+
+
+def watch(config: WatchConfig, stop_event: threading.Event | None, view: BoardView, *,
+          board: StreamBoard | None = None) -> StreamBoard:
+    """Fold the messages on ``config.sub`` into a board until stopped (or every stream ended, with ``until_eos``).
+
+    ``view.update(board)`` is called at most every 0.1 s while messages
+    arrive or time passes, ``view.close(board)`` once on the way out.
+    Returns the board with everything seen.
     """
     stop = stop_event if stop_event is not None else threading.Event()
-    if console is None:
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            # rich assumes 80 columns without a terminal, too narrow for the table in a log.
-            console = Console(width=160)
     board = board if board is not None else StreamBoard()
-
-    def done() -> bool:
-        return stop.is_set() or (config.until_eos and board.all_ended)
-
     curve = keys.client_keys(config.keys, config.key_name or "client", "worker", config.server_key)
-    with Subscription(config.sub, config.stream, hwm=config.hwm, curve=curve) as sub:
+    with net.Subscriber(config.sub, config.stream, hwm=config.hwm, curve=curve) as sub:
         logger.debug("watching %s (%s)", config.sub, config.stream or "every stream")
-        if console.is_terminal:
-            with Live(render(board), console=console, auto_refresh=False, transient=False) as live:
-                while not done():
-                    for msg in sub.receive(0.1):
-                        board.update(msg)
-                    live.update(render(board), refresh=True)
-                live.update(render(board), refresh=True)
-        else:
-            printed: dict[str, int] = {}
-            alerted: set[str] = set()
-            next_print = time.monotonic() + config.interval_s
-            while not done():
-                for msg in sub.receive(0.1):
+        shown_at = -_VIEW_EVERY_S
+        try:
+            while not (stop.is_set() or (config.until_eos and board.all_ended)):
+                for msg in sub.receive(_VIEW_EVERY_S):
                     board.update(msg)
-                if time.monotonic() >= next_print:
-                    next_print += config.interval_s
-                    for row in board.rows():
-                        if printed.get(row["stream"]) != row["scores"]:
-                            printed[row["stream"]] = row["scores"]
-                            console.print(row_line(row), highlight=False, soft_wrap=True)
-                    # A log gets each alert once, when it starts, not every interval.
-                    alerts = board.alerts()
-                    for key in alerts.keys() - alerted:
-                        console.print(f"warning: {alerts[key]}", highlight=False, soft_wrap=True)
-                    alerted = set(alerts)
-            console.print(render(board))
+                if time.monotonic() - shown_at >= _VIEW_EVERY_S:
+                    shown_at = time.monotonic()
+                    view.update(board)
+        finally:
+            view.close(board)
     return board
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("watch", "Live view of the scores of every stream and of the worker's health.")
-    p.add_argument("--sub", help=f"scores address to connect to (default {net.DEFAULT_SCORES})")
-    p.add_argument("--stream", help="show only this stream (default: every stream)")
-    p.add_argument("--until-eos", action="store_true", default=None,
-                   help="exit when every stream seen has ended (default: run until Ctrl-C)")
-    p.add_argument("--interval", type=float, dest="interval_s",
-                   help="seconds between lines when the output is not a terminal (default 1)")
-    keys.add_flags(p, name="client", client="worker")
-    p.add_argument("--config", help="TOML file with a [watch] table")
-    args = p.parse_args(argv)
-    overrides = {"sub": args.sub, "stream": args.stream, "until_eos": args.until_eos, "interval_s": args.interval_s,
-                 "keys": args.keys, "key_name": args.key_name, "server_key": args.server_key}
-
-    def work() -> int:
-        config = load(WatchConfig, "watch", args.config, overrides)
-        with net.process_scope() as stop:
-            watch(config, stop)
-        return 0
-
-    return run(work, verbose=args.verbose)

@@ -1,4 +1,4 @@
-"""``fetalhead worker``: score every frame of the subscribed streams with a model bundle.
+"""The worker: score every frame of the subscribed streams with a model bundle.
 
 ``Scorer`` is the pure core that tests drive without sockets: frames in,
 Score messages out. Each frame goes through the one shared preprocessing and
@@ -17,8 +17,9 @@ once, in order, batching whatever backlog is waiting.
 
 Bad input never stops the worker: a message that does not decode, a frame
 the model cannot take, or one that ZeroMQ refused for its size is dropped,
-logged in one line (rate-limited per class) and counted in the heartbeat as
-``rejected.<class>``. A stream whose frame shape changes is scored on (the
+logged in one line (rate-limited per class, ``net.Throttled``) and counted
+in the heartbeat as ``rejected.<class>``; the frames socket is a
+``net.Inbox``, which reconnects what ZeroMQ closed. A stream whose frame shape changes is scored on (the
 preprocessing resizes every frame) and gets one ``warning`` Status.
 """
 
@@ -36,10 +37,10 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 import zmq
 
-from models.config import check, load
-from models.scoring import RollingWindow
+from models.settings import check, setting
+from models.windows import RollingWindow
 from stream import keys, net, protocol
-from tools.cli import parser as make_parser, run
+from stream.keys import allow_setting, key_name_setting, keys_setting, server_key_setting
 
 if TYPE_CHECKING:
     from models.bundle import Bundle
@@ -69,24 +70,6 @@ def rejection_class(exc: Exception) -> str:
     if isinstance(exc, protocol.ProtocolError):
         return exc.kind
     return BAD_IMAGE
-
-
-class _Throttled:
-    """At most one warning per class every ``interval_s``, counting the ones held back."""
-
-    def __init__(self, interval_s: float = 5.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._held: collections.Counter[str] = collections.Counter()
-
-    def warning(self, key: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval_s) < self.interval_s:
-            self._held[key] += 1
-            return
-        held = self._held.pop(key, 0)
-        self._last[key] = now
-        logger.warning("%s%s", message, f" (and {held} more {key} since the last warning)" if held else "")
 
 
 @dataclasses.dataclass
@@ -125,7 +108,7 @@ class Scorer:
         self.dropped = 0
         self.shape_changes = 0
         self.events: list[protocol.Status] = []
-        self._warn = _Throttled(warn_interval_s)
+        self._warn = net.Throttled(logger, warn_interval_s)
 
     def _stream(self, stream: str) -> _StreamState:
         state = self.streams.get(stream)
@@ -268,21 +251,25 @@ class WorkerConfig:
     ``keys/capture.key``).
     """
 
-    sub: tuple[str, ...] = (net.DEFAULT_PUB,)
-    pub: str = net.DEFAULT_SCORES
-    mode: Literal["live", "lossless"] = "live"
-    max_batch: int = 16
-    heartbeat_s: float = protocol.HEARTBEAT_INTERVAL_S
-    max_message_size: int = protocol.DEFAULT_MAX_SIZE
-    forward_frames: bool = False
-    allow_remote: bool = False
-    exit_after_eos: int = 0
-    silence_s: float = protocol.HEARTBEAT_INTERVAL_S * protocol.HEARTBEAT_MISSES_DEAD
-    warn_interval_s: float = 5.0
-    keys: Path | None = None
-    key_name: str | None = None
-    allow: Path | None = None
-    server_key: Path | None = None
+    sub: tuple[str, ...] = setting((net.DEFAULT_PUB,), "frame addresses to connect to (several captures in live mode)")
+    pub: str = setting(net.DEFAULT_SCORES, "scores address to bind")
+    mode: Literal["live", "lossless"] = setting(
+        "live", "live: SUB, newest frame per stream; lossless: PULL, every frame in order")
+    max_batch: int = setting(16, "most frames scored in one batch", flag="batch")
+    heartbeat_s: float = setting(protocol.HEARTBEAT_INTERVAL_S, "seconds between heartbeats", flag="heartbeat")
+    max_message_size: int = setting(protocol.DEFAULT_MAX_SIZE, "bytes; larger messages are refused",
+                                    shown="64 MiB")
+    forward_frames: bool = setting(False, "also publish each frame on the scores socket, before its score")
+    allow_remote: bool = setting(False, "allow binding a non-loopback scores address (encrypted only with --keys)")
+    exit_after_eos: int = setting(0, "exit after this many ends of stream; 0 runs until stopped")
+    silence_s: float = setting(protocol.DEAD_AFTER_S, "seconds without any message before the frame socket "
+                                                      "reconnects", flag="silence")
+    warn_interval_s: float = setting(5.0, "seconds between warnings of one rejection class (all are counted)",
+                                     flag="warn-interval")
+    keys: Path | None = keys_setting()
+    key_name: str | None = key_name_setting("worker")
+    allow: Path | None = allow_setting()
+    server_key: Path | None = server_key_setting("capture")
 
     def __post_init__(self) -> None:
         keys.check_options(self.keys, key_name=self.key_name, allow=self.allow, server_key=self.server_key)
@@ -315,13 +302,12 @@ class _Pending:
 
 
 class _Loop:
-    """One worker's receive -> score -> publish loop over open sockets."""
+    """One worker's receive -> score -> publish loop, from a frames ``net.Inbox`` to the scores socket."""
 
-    def __init__(self, scorer: Scorer, config: WorkerConfig, inp: zmq.Socket, out: zmq.Socket,
-                 stop: threading.Event, max_frames: int | None) -> None:
+    def __init__(self, scorer: Scorer, config: WorkerConfig, out: zmq.Socket, stop: threading.Event,
+                 max_frames: int | None) -> None:
         self.scorer = scorer
         self.config = config
-        self.inp = inp
         self.out = out
         self.stop = stop
         self.max_frames = max_frames
@@ -331,34 +317,39 @@ class _Loop:
         self._started = time.monotonic()
         self._beat_at = self._started
         self._beat_counts = (0, 0)
-        self._heard_at = self._started
-        self.connections = net.ConnectionWatch(inp)
 
     def done(self) -> bool:
         return (self.stop.is_set()
                 or 0 < self.config.exit_after_eos <= self.ends
                 or (self.max_frames is not None and self.scorer.frames_out >= self.max_frames))
 
-    def run(self) -> None:
+    def run(self, inbox: net.Inbox) -> None:
         self.heartbeat()
         while not self.done():
             wait = max(0.0, min(_POLL_S, self._beat_at + self.config.heartbeat_s - time.monotonic()))
-            if self.inp.poll(int(wait * 1000), zmq.POLLIN):
-                self._heard_at = time.monotonic()
-                self.handle(self.drain())
-            elif time.monotonic() - self._heard_at >= self.config.silence_s:
-                self.reconnect()
-            self.check_connections()
+            if inbox.wait(wait):
+                self.handle(self.drain(inbox.sock))
             if time.monotonic() - self._beat_at >= self.config.heartbeat_s:
                 self.heartbeat()
 
-    def drain(self) -> list[tuple[zmq.Frame, float]]:
+    def closed(self, endpoint: str, reason: str) -> None:
+        """The inbox's report of a connection ZeroMQ closed for good: count it and say why in one line."""
+        if reason == net.AUTH_FAILED:
+            self.scorer.reject_connection(
+                reason, f"frames from {endpoint}: the CURVE handshake failed (is the capture's "
+                        f"allow list holding our key, and --server-key the capture's key?)")
+        else:
+            self.scorer.reject(protocol.ProtocolError(
+                f"a message from {endpoint} over max_message_size ({self.config.max_message_size} bytes): ZeroMQ "
+                f"refused it unread and closed the connection; reconnected", protocol.KIND_OVERSIZED))
+
+    def drain(self, sock: zmq.Socket) -> list[tuple[zmq.Frame, float]]:
         """(message, unix time received): everything ready now (live), or up to max_batch messages (lossless)."""
         limit = _MAX_DRAIN if self.live else self.config.max_batch
         messages = []
         while len(messages) < limit:
             try:
-                messages.append((self.inp.recv(zmq.NOBLOCK, copy=False), time.time()))
+                messages.append((sock.recv(zmq.NOBLOCK, copy=False), time.time()))
             except zmq.Again:
                 break
         self.backlog = len(messages) - 1
@@ -413,31 +404,6 @@ class _Loop:
         for event in self.scorer.events:
             self.out.send(protocol.encode(event))
         self.scorer.events.clear()
-
-    def reconnect(self, addrs: Sequence[str] | None = None) -> None:
-        addrs = self.config.sub if addrs is None else addrs
-        logger.debug("reconnecting to %s", ", ".join(addrs))
-        for addr in addrs:
-            try:
-                self.inp.disconnect(addr)
-            except zmq.ZMQError:
-                # Not connected (any more); connecting again below is all that is needed.
-                pass
-            self.inp.connect(addr)
-        self._heard_at = time.monotonic()
-
-    def check_connections(self) -> None:
-        """Reconnect at once where ZeroMQ closed a connection for good; say why in one line."""
-        for endpoint, reason in self.connections.poll():
-            if reason == "auth_failed":
-                self.scorer.reject_connection(
-                    "auth_failed", f"frames from {endpoint}: the CURVE handshake failed (is the capture's "
-                                   f"allow list holding our key, and --server-key the capture's key?)")
-                continue
-            self.scorer.reject(protocol.ProtocolError(
-                f"a message from {endpoint} over max_message_size ({self.config.max_message_size} bytes): ZeroMQ "
-                f"refused it unread and closed the connection; reconnected", protocol.KIND_OVERSIZED))
-            self.reconnect([endpoint] if endpoint in self.config.sub else None)
 
     def heartbeat(self) -> None:
         now = time.monotonic()
@@ -511,65 +477,17 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
         scorer = Scorer(runtime, bundle.threshold, bundle.model_id, warn_interval_s=config.warn_interval_s)
         stop = stop_event if stop_event is not None else threading.Event()
         started = time.monotonic()
-        with net.socket(kind, connect=config.sub[0], hwm=hwm, max_size=config.max_message_size,
-                        curve=client) as inp:
-            for addr in config.sub[1:]:
-                inp.connect(addr)
+        loop = _Loop(scorer, config, out, stop, max_frames)
+        with net.Inbox(kind, config.sub, on_closed=loop.closed, silence_s=config.silence_s, hwm=hwm,
+                       max_size=config.max_message_size, curve=client) as inbox:
             logger.info("worker %s (%s, threshold %.3f): %s from %s, scores on %s", bundle.model_id,
                         bundle.config.backbone, bundle.threshold, config.mode, ", ".join(config.sub), config.pub)
-            loop = _Loop(scorer, config, inp, out, stop, max_frames)
             try:
-                loop.run()
+                loop.run(inbox)
             except KeyboardInterrupt:
                 logger.info("worker interrupted")
-            finally:
-                loop.connections.close()
             loop.heartbeat()
     logger.info("worker: %d frames in, %d scored, %d dropped, %d rejected", scorer.frames_in,
                 scorer.frames_out, scorer.dropped, sum(scorer.rejected.values()))
     return WorkerStats(scorer.frames_in, scorer.frames_out, scorer.dropped, dict(scorer.rejected), loop.ends,
                        time.monotonic() - started)
-
-
-def _addresses(values: list[str] | None) -> list[str] | None:
-    """--sub given several times and/or comma-separated -> one list."""
-    if not values:
-        return None
-    return [a.strip() for value in values for a in value.split(",") if a.strip()]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("worker", "Score every frame of the subscribed streams with a model bundle.")
-    p.add_argument("--model", required=True, help="model bundle file (the model is rebuilt from its own config)")
-    p.add_argument("--sub", action="append",
-                   help=f"frame address to connect to; repeat or comma-separate for several (default {net.DEFAULT_PUB})")
-    p.add_argument("--pub", help=f"scores address to bind (default {net.DEFAULT_SCORES})")
-    p.add_argument("--mode", choices=("live", "lossless"),
-                   help="live: SUB, newest frame per stream; lossless: PULL, every frame in order")
-    p.add_argument("--batch", type=int, dest="max_batch", help="most frames scored in one batch (default 16)")
-    p.add_argument("--max-message-size", type=int, help="bytes; larger messages are refused (default 64 MiB)")
-    p.add_argument("--heartbeat", type=float, dest="heartbeat_s", help="seconds between heartbeats (default 1)")
-    p.add_argument("--forward-frames", action="store_true", default=None,
-                   help="also publish each frame on the scores socket, before its score")
-    p.add_argument("--allow-remote", action="store_true", default=None,
-                   help="allow binding a non-loopback scores address (encrypted only with --keys)")
-    p.add_argument("--exit-after-eos", type=int, help="exit after this many ends of stream")
-    p.add_argument("--max-frames", type=int, help="exit after scoring this many frames")
-    keys.add_flags(p, name="worker", server=True, client="capture")
-    p.add_argument("--config", help="TOML file with a [worker] table")
-    args = p.parse_args(argv)
-    if args.max_frames is not None and args.max_frames < 1:
-        p.error(f"argument --max-frames: must be >= 1, got {args.max_frames}")
-    overrides = {"sub": _addresses(args.sub), "pub": args.pub, "mode": args.mode, "max_batch": args.max_batch,
-                 "max_message_size": args.max_message_size, "heartbeat_s": args.heartbeat_s,
-                 "forward_frames": args.forward_frames, "allow_remote": args.allow_remote,
-                 "exit_after_eos": args.exit_after_eos, "keys": args.keys, "key_name": args.key_name,
-                 "allow": args.allow, "server_key": args.server_key}
-
-    def work() -> int:
-        config = load(WorkerConfig, "worker", args.config, overrides)
-        with net.process_scope() as stop:
-            serve(args.model, config, stop, args.max_frames)
-        return 0
-
-    return run(work, verbose=args.verbose)

@@ -20,6 +20,7 @@ import zmq
 from stream import net, protocol
 
 WAIT_S = 20.0  # the most any one test waits for a message or a thread
+T0 = 1_700_000_000.0  # unix seconds of the made-up messages
 
 
 def make_frames(n: int, height: int = 64, width: int = 80, seed: int = 0) -> list[np.ndarray]:
@@ -57,6 +58,15 @@ def read_video(path: Path) -> list[np.ndarray]:
         frames.append(frame)
     capture.release()
     return frames
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a running process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def recv_message(sock: zmq.Socket, timeout_s: float = WAIT_S) -> protocol.Message:
@@ -97,6 +107,27 @@ def recv_until(sock: zmq.Socket, done: Callable[[protocol.Message], bool],
         messages.append(recv_message(sock, left))
         if done(messages[-1]):
             return messages
+
+
+def score(seq: int, value: float = 0.8, *, stream: str = "probe1", latency: float = 0.02, dropped: int = 0,
+          flags: tuple[str, ...] = (), t: float | None = None, threshold: float = 0.5) -> protocol.Score:
+    """A worker's Score of frame ``seq``, captured at ``t`` (default T0 + seq / 25)."""
+    t_capture = T0 + seq * 0.04 if t is None else t
+    return protocol.Score(stream=stream, seq=seq, score=value, decision=value >= threshold, threshold=threshold,
+                          model="tiny-test", t_capture=t_capture, t_received=t_capture + 0.001,
+                          t_scored=t_capture + latency, latency=latency, flags=flags, window=min(seq + 1, 8),
+                          dropped=dropped)
+
+
+def heartbeat(t: float = T0, **stats) -> protocol.Heartbeat:
+    """A worker's heartbeat with ``stats``."""
+    return protocol.Heartbeat("_worker", "worker", 4321, t, stats)
+
+
+def wait_subscribed(sock: zmq.Socket, timeout_s: float = WAIT_S) -> None:
+    """Wait until a subscriber's subscription reaches an XPUB socket, so nothing sent is lost."""
+    if net.recv(sock, timeout_s) is None:
+        pytest.fail(f"no subscriber within {timeout_s} s")
 
 
 @pytest.fixture(scope="session")

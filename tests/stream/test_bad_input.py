@@ -13,7 +13,9 @@ import zmq
 
 from stream import protocol
 from stream.capture import CaptureConfig, capture
+from stream.net import Subscriber
 from stream.record import stream_path
+from stream.sources import VideoFileSource
 from stream.worker import WorkerConfig, serve
 from tests.stream.conftest import make_frames, recv_until
 
@@ -162,7 +164,8 @@ def test_a_video_truncated_in_the_middle_is_sent_up_to_the_damage_with_a_status(
     cut.write_bytes(data[: len(data) // 2])
     addr = address()
     pull = sockets(zmq.PULL, connect=addr)
-    task = background(lambda stop: capture(str(cut), CaptureConfig(pub=addr, mode="lossless", fast=True), stop))
+    task = background(lambda stop: capture(VideoFileSource(cut), CaptureConfig(pub=addr, mode="lossless", fast=True),
+                                           stop))
     messages = recv_until(pull, lambda m: isinstance(m, protocol.EndOfStream))
     frames = [m for m in messages if isinstance(m, protocol.Frame)]
     assert 5 < len(frames) < 40 and [f.seq for f in frames] == list(range(len(frames)))
@@ -181,7 +184,7 @@ def test_a_looped_file_that_goes_missing_is_retried_until_it_is_back(background,
     pull = sockets(zmq.PULL, connect=addr)
     config = CaptureConfig(pub=addr, mode="lossless", loop=True, max_frames=15, retry_initial_s=0.05,
                            retry_max_s=0.1)
-    task = background(lambda stop: capture(str(path), config, stop))
+    task = background(lambda stop: capture(VideoFileSource(path, loop=True), config, stop))
     # The file goes while its first pass plays; the capture notices at the start of the next.
     recv_until(pull, lambda m: isinstance(m, protocol.Frame) and m.seq == 1)
     os.replace(path, aside)
@@ -219,12 +222,10 @@ def test_a_stream_id_with_a_path_separator_never_becomes_a_path(tmp_path):
 
 
 def test_a_viewer_reconnects_after_an_oversized_message_and_says_why(sockets, address, caplog):
-    from stream.watch import Subscription
-
     addr = address()
     pub = sockets(zmq.PUB, bind=addr)
     beat = protocol.encode(protocol.Heartbeat("_worker", "worker", 1, time.time(), {}))
-    with Subscription(addr, max_size=4096) as sub, caplog.at_level(logging.WARNING, logger="stream.watch"):
+    with Subscriber(addr, max_size=4096) as sub, caplog.at_level(logging.WARNING, logger="stream.net"):
         deadline = time.monotonic() + 10
         while not sub.receive(0.05):  # a publisher drops everything until the subscription arrives
             pub.send(beat)

@@ -1,21 +1,22 @@
-import itertools
-import logging
+"""The capture: its pacing, its settings and command line, and its loop over real sockets."""
+
 import subprocess
 import sys
 import time
 
-import cv2
 import numpy as np
 import pytest
 import zmq
 
-from models.config import ConfigError, load
+from models.errors import ConfigError
+from models.settings import load
 from stream import protocol
-from stream.capture import Backoff, CaptureConfig, Pacer, capture, main
-from stream.sources import Source, SourceError, ScanFolderSource, VideoFileSource, open_source
-from tests.stream.conftest import make_frames, read_video, recv_message, recv_until
+from stream.capture import CaptureConfig, Pacer, capture
+from stream.sources import Source, SourceError, VideoFileSource
+from tests.stream.conftest import read_video, recv_message, recv_until
+from tools.commands.capture import main
 
-# --- Pacer and Backoff ----------------------------------------------------------------------
+# --- Pacer ----------------------------------------------------------------------------------
 
 
 def test_pacer_spaces_frames_by_the_period_without_drift():
@@ -46,97 +47,7 @@ def test_pacer_without_fps_never_waits():
         Pacer(0.0)
 
 
-def test_backoff_doubles_up_to_its_maximum_and_resets():
-    backoff = Backoff(0.5, 8.0)
-    assert [backoff.next() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    backoff.reset()
-    assert backoff.next() == 0.5
-    with pytest.raises(ValueError, match="initial <= maximum"):
-        Backoff(2.0, 1.0)
-
-
-# --- sources ----------------------------------------------------------------------------
-
-
-def test_video_file_source_gives_every_frame_with_its_time(video):
-    path = video(12, fps=20.0)
-    with open_source(str(path)) as source:
-        assert isinstance(source, VideoFileSource)
-        assert source.fps == 20.0 and source.name == "clip"
-        items = list(source)
-    assert len(items) == 12
-    assert [t for _, t in items] == pytest.approx([i / 20.0 for i in range(12)])
-    for (image, _), expected in zip(items, read_video(path)):
-        assert image.dtype == np.uint8 and image.shape == (64, 80, 3)
-        np.testing.assert_array_equal(image, expected)
-
-
-def test_looped_video_starts_again(video):
-    path = video(5)
-    with open_source(str(path), loop=True, fps=50.0) as source:
-        items = list(itertools.islice(source, 12))
-    assert source.fps == 50.0
-    assert [t for _, t in items] == pytest.approx([(i % 5) / 50.0 for i in range(12)])
-
-
-def test_truncated_video_gives_the_frames_before_the_damage_and_warns(video, tmp_path, caplog):
-    data = video(40).read_bytes()
-    cut = tmp_path / "cut.avi"
-    cut.write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="stream.sources"), open_source(str(cut)) as source:
-        frames = list(source)
-    assert 5 < len(frames) < 40
-    assert any("ended after" in r.getMessage() and "of 40" in r.getMessage() for r in caplog.records)
-
-
-def test_scan_folder_source_plays_the_training_format(tmp_path):
-    scan = tmp_path / "scan01"
-    (scan / "frames").mkdir(parents=True)
-    frames = make_frames(6)
-    for i, frame in enumerate(frames):
-        cv2.imwrite(str(scan / "frames" / f"frame{i}.png"), frame)
-    (scan / "labels.csv").write_text("frame,label\n" + "".join(f"frame{i},{'Head' if i % 2 else 'Not-Head'}\n"
-                                                                for i in range(6)))
-    with open_source(str(scan)) as source:
-        assert isinstance(source, ScanFolderSource)
-        assert source.name == "scan01" and source.fps == 25.0
-        items = list(source)
-    assert len(items) == 6 and items[-1][1] == pytest.approx(5 / 25.0)
-    np.testing.assert_array_equal(items[2][0], frames[2])
-
-
-def test_synthetic_source_is_endless_at_30_fps():
-    with open_source("synthetic", size=(48, 64)) as source:
-        items = list(itertools.islice(source, 5))
-    assert source.fps == 30.0 and source.name == "synthetic"
-    assert all(image.shape == (48, 64) and image.dtype == np.uint8 for image, _ in items)
-
-
-@pytest.fixture
-def bad_sources(tmp_path):
-    """Spec -> what its SourceError says, for each kind of bad source."""
-    (tmp_path / "notes.avi").write_text("not a video")
-    (tmp_path / "empty").mkdir()
-    return {
-        str(tmp_path / "missing.avi"): "missing.avi: not found",
-        str(tmp_path / "notes.avi"): "notes.avi: not a video",
-        str(tmp_path / "empty"): "scan folder .*empty: no frames",
-        "7": "video device 7: cannot be opened",
-    }
-
-
-def test_bad_sources_are_one_line_source_errors(bad_sources):
-    for spec, match in bad_sources.items():
-        with pytest.raises(SourceError, match=match) as info:
-            open_source(spec)
-        assert "\n" not in str(info.value)
-
-
-def test_capture_main_reports_a_bad_source_in_one_line_and_exits_1(bad_sources, capsys, address):
-    for spec in bad_sources:
-        assert main([spec, "--pub", address()]) == 1
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("fetalhead: error:") and spec in err and "\n" not in err
+# --- the command and its settings ------------------------------------------------------
 
 
 def test_bad_flags_are_refused(capsys):
@@ -165,8 +76,8 @@ def test_lossless_capture_sends_every_frame_then_end_of_stream(background, socke
     path = video(30, fps=25.0)
     addr = address()
     pull = sockets(zmq.PULL, connect=addr)
-    task = background(lambda stop: capture(str(path), CaptureConfig(pub=addr, mode="lossless", fast=True,
-                                                                    encoding="png"), stop))
+    task = background(lambda stop: capture(VideoFileSource(path), CaptureConfig(
+        pub=addr, mode="lossless", fast=True, encoding="png"), stop))
     messages = recv_until(pull, lambda m: isinstance(m, protocol.EndOfStream))
     frames = [m for m in messages if isinstance(m, protocol.Frame)]
     assert [f.seq for f in frames] == list(range(30))
@@ -184,7 +95,7 @@ def test_capture_is_paced_at_the_source_rate(background, sockets, address, video
     path = video(10, fps=50.0)
     addr = address()
     pull = sockets(zmq.PULL, connect=addr)
-    task = background(lambda stop: capture(str(path), CaptureConfig(pub=addr, mode="lossless"), stop))
+    task = background(lambda stop: capture(VideoFileSource(path), CaptureConfig(pub=addr, mode="lossless"), stop))
     messages = recv_until(pull, lambda m: isinstance(m, protocol.EndOfStream))
     times = [m.t_capture for m in messages if isinstance(m, protocol.Frame)]
     assert times[-1] - times[0] >= 9 / 50.0 * 0.9
@@ -196,17 +107,27 @@ def test_loop_keeps_seq_increasing_and_max_frames_ends_the_stream(background, so
     addr = address()
     pull = sockets(zmq.PULL, connect=addr)
     config = CaptureConfig(pub=addr, mode="lossless", fast=True, loop=True, max_frames=11, stream="loop1")
-    background(lambda stop: capture(str(path), config, stop))
+    background(lambda stop: capture(VideoFileSource(path, loop=True), config, stop))
     messages = recv_until(pull, lambda m: isinstance(m, protocol.EndOfStream))
     assert [m.seq for m in messages if isinstance(m, protocol.Frame)] == list(range(11))
     assert (messages[-1].last_seq, messages[-1].reason) == (10, "max_frames")
+
+
+class Endless(Source):
+    """Grey 32x40 frames until the capture stops asking."""
+
+    name = "endless"
+
+    def __iter__(self):
+        while True:
+            yield np.zeros((32, 40), np.uint8), None
 
 
 def test_stop_event_ends_the_stream_as_stopped(background, sockets, address):
     addr = address()
     sub = sockets(zmq.SUB, connect=addr)
     config = CaptureConfig(pub=addr, fps=200.0, heartbeat_s=0.05, stream="synth")
-    task = background(lambda stop: capture(open_source("synthetic", size=(32, 40)), config, stop))
+    task = background(lambda stop: capture(Endless(), config, stop))
     beat = recv_until(sub, lambda m: isinstance(m, protocol.Heartbeat))[-1]
     assert beat.stream == "_capture.synth" and beat.role == "capture" and "frames_out" in beat.stats
     task.stop.set()

@@ -17,8 +17,9 @@ import zmq
 from stream import net, protocol
 from stream.capture import CaptureConfig, capture
 from stream.sources import Source
+from stream.supervise import rss_bytes
 from stream.worker import WorkerConfig, serve
-from tests.stream.conftest import recv_until, until_end_of_stream
+from tests.stream.conftest import alive, recv_until, until_end_of_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,14 +41,6 @@ def children(parent: int) -> dict[str, int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def wait_for(condition, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while not (result := condition()):
@@ -65,6 +58,7 @@ def csv_rows(path: Path) -> list[dict]:
         return [row for row in csv.DictReader(fh) if row.get("model")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_run_survives_its_worker_killed_mid_stream_and_stops_cleanly_on_ctrl_c(tmp_path, tiny_bundle_path):
     """A real ``fetalhead run`` (live capture, worker, recorder): SIGKILL its worker mid-stream.
@@ -128,13 +122,6 @@ class Frames(Source):
             yield self.images[i % len(self.images)], None
 
 
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_consumer_that_stops_reading_costs_bounded_memory_and_no_other_consumer_anything(
         background, sockets, address, tiny_bundle):
@@ -157,10 +144,10 @@ def test_a_consumer_that_stops_reading_costs_bounded_memory_and_no_other_consume
         if isinstance(msg, protocol.Score):
             scores.append(msg.seq)
             if len(scores) == 200:
-                baseline = rss_bytes()
+                baseline = rss_bytes(os.getpid())
         elif isinstance(msg, protocol.Frame):
             frames += 1
-    growth = rss_bytes() - baseline
+    growth = rss_bytes(os.getpid()) - baseline
     assert scores == list(range(count)) and frames == count
     assert worker.join().frames_out == count
     assert growth < 40 * 2**20, f"memory grew by {growth / 2**20:.0f} MiB"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from models.config import ConfigError
+from models.errors import ConfigError
 from models.errors import FetalheadError
 from stream import net
 from stream.protocol import Heartbeat, decode, encode, frame_message, topic
@@ -218,3 +218,48 @@ def test_message_at_the_cap_is_delivered():
     with net.socket(zmq.PUSH, bind=addr) as push, net.socket(zmq.PULL, connect=addr, max_size=MAX) as pull:
         push.send(b"s\x00" + b"x" * (MAX - 2))
         assert len(_recv(pull)) == MAX
+
+
+# --- the receiving end ---------------------------------------------------------------
+
+
+def test_throttled_warns_once_per_key_and_interval_and_counts_the_rest(caplog):
+    now = [100.0]
+    warn = net.Throttled(logging.getLogger("tests.throttled"), 5.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="tests.throttled"):
+        warn.warning("a", "first a")
+        warn.warning("a", "second a")
+        warn.warning("b", "first b")
+        now[0] += 5.0
+        warn.warning("a", "third a")
+    assert [r.getMessage() for r in caplog.records] == [
+        "first a", "first b", "third a (and 1 more a since the last warning)"]
+
+
+def test_an_inbox_reconnects_after_its_silence_and_goes_on_receiving():
+    addr = net.free_tcp_address()
+    closed = []
+    with net.socket(zmq.PUB, bind=addr) as pub, \
+            net.Inbox(zmq.SUB, [addr], on_closed=lambda *c: closed.append(c), silence_s=0.2) as inbox:
+        _send_until_received(pub, inbox.sock, b"s\x00hello")
+        assert not inbox.wait(0.3)
+        assert inbox.reconnects == 1
+        _send_until_received(pub, inbox.sock, b"s\x00again")
+        pub.send(b"s\x00waiting")
+        assert inbox.wait(TIMEOUT_S) and inbox.sock.recv() == b"s\x00waiting"
+    assert closed == []
+
+
+def test_an_inbox_reports_a_refused_message_and_reconnects():
+    addr = net.free_tcp_address()
+    closed = []
+    with net.socket(zmq.PUSH, bind=addr) as push, \
+            net.Inbox(zmq.PULL, [addr], on_closed=lambda *c: closed.append(c), max_size=MAX) as inbox:
+        _send_until_received(push, inbox.sock, b"s\x00before")
+        push.send(b"s\x00" + b"x" * (MAX + 1))
+        deadline = time.monotonic() + TIMEOUT_S
+        while not closed:
+            assert time.monotonic() < deadline, "the refusal was never reported"
+            inbox.wait(0.05)
+        assert closed == [(addr, net.REFUSED_MESSAGE)] and inbox.reconnects == 1
+        _send_until_received(push, inbox.sock, b"s\x00resumed")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.errors import FetalheadError
+from models.errors import ConfigError, FetalheadError
 from stream.protocol import (
     DEFAULT_MAX_SIZE,
     KINDS,
@@ -22,6 +22,7 @@ from stream.protocol import (
     ProtocolError,
     Score,
     Status,
+    check_stream_id,
     decode,
     encode,
     frame_message,
@@ -427,3 +428,12 @@ def test_decode_of_maps_with_wrong_field_values_raises_only_protocol_errors(vali
 def test_score_round_trips_for_any_valid_values(score, seq, t, flags):
     msg = _score(score=score, seq=seq, t_capture=t, flags=tuple(flags))
     assert decode(encode(msg)) == msg
+
+
+def test_a_stream_setting_must_be_a_data_stream_id():
+    check_stream_id(None)
+    check_stream_id("probe1")
+    with pytest.raises(ConfigError, match=r"^stream: '_capture' is a process id; data streams never start with '_'$"):
+        check_stream_id("_capture")
+    with pytest.raises(ConfigError, match=r"^stream: stream must be 1\.\.64 characters"):
+        check_stream_id("a/b")

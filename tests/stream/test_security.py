@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import zmq
 
-from models.config import ConfigError
+from models.errors import ConfigError
 from stream import keys, net, protocol
-from stream.capture import CaptureConfig, capture, main as capture_main
+from stream.capture import CaptureConfig, capture
 from stream.sources import Source
 from stream.worker import WorkerConfig, serve
 from tests.stream.conftest import recv_until
 from tools.cli import main as cli_main
+from tools.commands.capture import main as capture_main
 
 # Raw pixels made of this pattern: if it shows in the bytes on the wire, so do the images.
 PATTERN = b"PATIENT-IMAGE-0123456789-"

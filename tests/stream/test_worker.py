@@ -5,13 +5,17 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from models.bundle import Bundle
 from models.runtime import Runtime
 from stream import protocol
 from stream.capture import CaptureConfig, capture
-from stream.worker import Scorer, WorkerConfig, _addresses, main, rejection_class, serve
+from stream.sources import VideoFileSource
+from stream.worker import Scorer, WorkerConfig, rejection_class, serve
 from tests.stream.conftest import make_frames, read_video, recv_until
+from tools.command import add_settings, given, parser
+from tools.commands.worker import main
 
 TOL = 1e-5
 
@@ -197,23 +201,40 @@ def test_bad_messages_are_rejected_and_good_frames_still_scored(background, sock
     assert stats.rejected == {"no_topic": 1, "not_msgpack": 1, "bad_pixels": 1}
 
 
+def next_event(monitor, event, timeout_s=10.0):
+    """Wait for ``event`` on a socket monitor, skipping others; fails the test if it does not come."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if monitor.poll(50) and recv_monitor_message(monitor)["event"] == event:
+            return
+    pytest.fail(f"no socket event {event} within {timeout_s} s")
+
+
 def test_worker_reconnects_after_zeromq_refuses_an_oversized_message(background, sockets, address, tiny_bundle):
     frames_addr, scores_addr = address(), address()
     push = sockets(zmq.PUSH, bind=frames_addr)
+    connections = push.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    # A long silence_s: only the refusal may reconnect the worker here (a reconnect drops what is in flight).
     config = WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode="lossless", heartbeat_s=0.1,
-                          max_message_size=64 * 1024, silence_s=0.3, exit_after_eos=1)
-    start_worker(background, tiny_bundle, config)
-    sub = sockets(zmq.SUB, connect=scores_addr)
-    wait_for_heartbeat(sub)
-    send(push, protocol.encode(protocol.frame_message("big", 0, np.zeros((300, 300, 3), np.uint8))))
-    # ZeroMQ closes the worker's connection on the oversized message; what is
-    # sent after that waits for the worker to connect again.
-    time.sleep(0.3)
-    for frame in frames_of("cam", make_frames(3)):
-        send(push, protocol.encode(frame))
-    send(push, protocol.encode(protocol.EndOfStream("cam", 2, "eof", time.time())))
-    messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))
-    assert [m.seq for m in messages if isinstance(m, protocol.Score)] == [0, 1, 2]
+                          max_message_size=64 * 1024, silence_s=60.0, exit_after_eos=1)
+    try:
+        start_worker(background, tiny_bundle, config)
+        sub = sockets(zmq.SUB, connect=scores_addr)
+        wait_for_heartbeat(sub)
+        next_event(connections, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        send(push, protocol.encode(protocol.frame_message("big", 0, np.zeros((300, 300, 3), np.uint8))))
+        # ZeroMQ closes the worker's connection on the oversized message; what is
+        # sent after that goes out once the worker has connected again.
+        next_event(connections, zmq.EVENT_DISCONNECTED)
+        next_event(connections, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        for frame in frames_of("cam", make_frames(3)):
+            send(push, protocol.encode(frame))
+        send(push, protocol.encode(protocol.EndOfStream("cam", 2, "eof", time.time())))
+        messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))
+        assert [m.seq for m in messages if isinstance(m, protocol.Score)] == [0, 1, 2]
+    finally:
+        push.disable_monitor()
+        connections.close(linger=0)
 
 
 def with_runtime(bundle, runtime_class):
@@ -246,8 +267,8 @@ def test_lossless_replay_scores_every_frame_once_in_order(background, sockets, a
     worker = start_worker(background, with_runtime(tiny_bundle, CountingRuntime), config)
     sub = sockets(zmq.SUB, connect=scores_addr)
     wait_for_heartbeat(sub)
-    source = background(lambda stop: capture(str(path), CaptureConfig(pub=frames_addr, mode="lossless",
-                                                                      fast=True, stream="replay"), stop))
+    source = background(lambda stop: capture(VideoFileSource(path), CaptureConfig(
+        pub=frames_addr, mode="lossless", fast=True, stream="replay"), stop))
 
     messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream), timeout_s=60)
     data = [m for m in messages if isinstance(m, (protocol.Frame, protocol.Score))]
@@ -273,7 +294,7 @@ class SlowRuntime(Runtime):
         return super().features(images)
 
 
-def test_live_worker_drops_frames_and_keeps_latency_bounded(background, sockets, address, video, tiny_bundle):
+def test_live_worker_drops_the_frames_it_cannot_keep_up_with(background, sockets, address, video, tiny_bundle):
     path = video(150, fps=150.0)
     slow = with_runtime(tiny_bundle, SlowRuntime)
     frames_addr, scores_addr = address(), address()
@@ -281,7 +302,8 @@ def test_live_worker_drops_frames_and_keeps_latency_bounded(background, sockets,
     worker = start_worker(background, slow, config)
     sub = sockets(zmq.SUB, connect=scores_addr)
     wait_for_heartbeat(sub)
-    source = background(lambda stop: capture(str(path), CaptureConfig(pub=frames_addr, stream="fast"), stop))
+    source = background(lambda stop: capture(VideoFileSource(path), CaptureConfig(pub=frames_addr, stream="fast"),
+                                             stop))
     assert source.join().frames_out == 150
 
     messages = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))
@@ -290,12 +312,11 @@ def test_live_worker_drops_frames_and_keeps_latency_bounded(background, sockets,
     worker.stop.set()
     stats = worker.join()
     # 150 frames at 40 ms each would leave the last one 5 s behind; newest-frame
-    # scoring keeps every score within a few frames' compute of its capture
-    # (the bound leaves room for a loaded test machine).
+    # scoring drops what it cannot keep up with instead (how far behind the
+    # scores stay is fetalhead bench's to measure).
     assert stats.dropped > 0 and scores[-1].dropped > 0
     assert len(scores) < 100
-    assert max(s.latency for s in scores) < 1.0
-    assert beat.stats["dropped"] == stats.dropped and beat.stats["latency_p99"] < 1.0
+    assert beat.stats["dropped"] == stats.dropped
     seqs = [s.seq for s in scores]
     assert seqs == sorted(set(seqs))
 
@@ -311,7 +332,7 @@ def test_two_streams_at_once_get_their_own_scores(background, sockets, address, 
     wait_for_heartbeat(sub)
     for name, path in paths.items():
         cfg = CaptureConfig(pub=addrs[name], stream=name, loop=True, max_frames=120)
-        background(lambda stop, path=path, cfg=cfg: capture(str(path), cfg, stop))
+        background(lambda stop, path=path, cfg=cfg: capture(VideoFileSource(path, loop=True), cfg, stop))
 
     ended: set[str] = set()
 
@@ -337,9 +358,11 @@ def test_main_rejects_a_missing_bundle_in_one_line(capsys, tmp_path, address):
 
 
 def test_sub_may_be_repeated_or_comma_separated():
-    assert _addresses(["tcp://127.0.0.1:1, tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]) == [
-        "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]
-    assert _addresses(None) is None
+    p = parser("worker", "")
+    add_settings(p, WorkerConfig)
+    args = p.parse_args(["--sub", "tcp://127.0.0.1:1, tcp://127.0.0.1:2", "--sub", "tcp://127.0.0.1:3"])
+    assert given(args, WorkerConfig)["sub"] == ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]
+    assert given(p.parse_args([]), WorkerConfig)["sub"] is None
 
 
 def test_a_bad_worker_table_is_a_one_line_error(capsys, tmp_path):

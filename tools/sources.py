@@ -1,0 +1,117 @@
+"""Capture sources backed by training data, and ``open_source``, which opens any source by its name.
+
+``fetalhead capture SOURCE`` takes a device index, a video file, a scan
+folder in the training data format (``ScanFolderSource``, read with
+``train.data.load_scan``) or ``synthetic`` (``SyntheticSource``, endless
+``train.synth`` sweeps). The device and video sources are
+``stream.sources``'; the two here need ``train``, which the ``stream``
+package does not import. Every bad source is a one-line ``SourceError``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from models.errors import DataError
+from stream.sources import DEFAULT_FPS, DeviceSource, Source, SourceError, VideoFileSource
+
+if TYPE_CHECKING:
+    from train.data import Scan
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_FPS = 30.0
+
+
+class ScanFolderSource(Source):
+    """A scan folder in the training data format (see ``train.data``), at ``fps`` (default 25).
+
+    A looped folder is retried when it goes missing or unreadable.
+    """
+
+    def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False) -> None:
+        self.path = Path(path)
+        self.scan = self._load()
+        self.name = self.scan.name
+        self.fps = float(fps) if fps else DEFAULT_FPS
+        self.loop = loop
+        self.retry = loop
+
+    def _load(self) -> Scan:
+        """The scan, checked; SourceError naming the folder's first fatal problem."""
+        # Imported here: pandas and the data checks are needed for a scan folder only.
+        from train.data import load_scan
+
+        scan, problems = load_scan(self.path)
+        if scan is None:
+            fatal = [p for p in problems if p.fatal]
+            more = f" (and {len(fatal) - 1} more problems)" if len(fatal) > 1 else ""
+            raise SourceError(f"scan folder {self.path}: {fatal[0].message if fatal else 'cannot be read'}{more}")
+        if len(scan) == 0:
+            raise SourceError(f"scan folder {self.path}: no frames")
+        return scan
+
+    def reopen(self) -> None:
+        self.scan = self._load()
+
+    def _play_once(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        index = 0
+        try:
+            for frame in self.scan.iter_frames():
+                yield frame, index / self.fps
+                index += 1
+        except DataError as exc:
+            self.warn(f"scan folder {self.path}: ended after {index} of {len(self.scan)} frames ({exc})")
+            if index == 0:
+                raise SourceError(f"scan folder {self.path}: no frame could be read ({exc})") from None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        yield from self._play_once()
+        while self.loop:
+            yield from self._play_once()
+
+
+class SyntheticSource(Source):
+    """Endless synthetic ultrasound sweeps (``train.synth``), uint8 (height, width)."""
+
+    def __init__(self, *, fps: float | None = None, seed: int = 0, height: int = 256, width: int = 320) -> None:
+        # Imported here, like load_scan: a device or file capture needs none of train.
+        from train.synth import synthetic_frames
+
+        self.name = SYNTHETIC
+        self.fps = float(fps) if fps else SYNTHETIC_FPS
+        self._frames = synthetic_frames(seed, height, width)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        index = 0
+        for frame, _label in self._frames:
+            yield frame, index / self.fps
+            index += 1
+
+
+def open_source(spec: str, *, fps: float | None = None, loop: bool = False, seed: int = 0,
+                size: tuple[int, int] = (256, 320)) -> Source:
+    """The source that ``spec`` names, opened and checked.
+
+    spec: a device index (``"0"``), a video file, a scan folder or ``"synthetic"``.
+    fps: the nominal frame rate, overriding the file's own (for a device, a
+    request to the driver). loop: replay a file or folder endlessly.
+    seed, size (height, width): the synthetic source's frames.
+    Raises SourceError (one line) when the source cannot be used.
+    """
+    if fps is not None and not fps > 0:
+        raise SourceError(f"source {spec}: fps must be > 0, got {fps}")
+    text = str(spec).strip()
+    if text.isdigit():
+        return DeviceSource(int(text), fps=fps)
+    if text == SYNTHETIC:
+        return SyntheticSource(fps=fps, seed=seed, height=size[0], width=size[1])
+    path = Path(text)
+    if path.is_dir():
+        return ScanFolderSource(path, fps=fps, loop=loop)
+    if not path.exists():
+        raise SourceError(f"source {text}: not found (expected a device index, a video file, "
+                          f"a scan folder or '{SYNTHETIC}')")
+    return VideoFileSource(path, fps=fps, loop=loop)
