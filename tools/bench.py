@@ -41,29 +41,33 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from models.config import check, load
-from tools.cli import parser as make_parser, run
+from models.errors import FetalheadError
+from models.settings import check, setting
+from stream.supervise import rss_bytes, subcommand, wait_ready
 
 SECTIONS = ("backbones", "stream", "training")
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    backbones: tuple[str, ...] = ("vgg19", "mobilenetv2")
-    sections: tuple[str, ...] = SECTIONS
-    image_size: int = 224
-    frames: int = 24
-    replay_frames: int = 160
-    live_seconds: float = 8.0
-    live_fps: float = 30.0
-    frame_height: int = 480
-    frame_width: int = 640
-    dataset_frames: int = 24036
-    train_scans: int = 10
-    train_frames: int = 32
-    train_xla: Literal["auto", "on", "off"] = "auto"
-    repeats: int = 1
-    json: str = ""
+    """What ``fetalhead bench`` measures, and how much (a ``[bench]`` TOML table)."""
+
+    backbones: tuple[str, ...] = setting(("vgg19", "mobilenetv2"), "backbones to measure")
+    sections: tuple[str, ...] = setting(SECTIONS, f"sections to run, of {', '.join(SECTIONS)}")
+    image_size: int = setting(224, "backbone input size in pixels")
+    frames: int = setting(24, "frames per streaming measurement")
+    replay_frames: int = setting(160, "frames pushed through the lossless replay")
+    live_seconds: float = setting(8.0, "seconds of live-mode latency measured")
+    live_fps: float = setting(30.0, "frame rate of the live-mode source")
+    frame_height: int = setting(480, "raw frame height in pixels")
+    frame_width: int = setting(640, "raw frame width in pixels")
+    dataset_frames: int = setting(24036, "frames of the dataset the training figures are scaled to (the seed's)")
+    train_scans: int = setting(10, "synthetic scans of the measured k-fold run")
+    train_frames: int = setting(32, "frames per scan of the measured k-fold run")
+    train_xla: Literal["auto", "on", "off"] = setting("auto", "XLA for the measured k-fold run (auto: as "
+                                                       "--xla auto would choose for dataset_frames)")
+    repeats: int = setting(1, "measure each section this many times; report the median run and the ratios' range")
+    json: str = setting("", "also write the rows to this JSON file")
 
     def __post_init__(self) -> None:
         from models.config import BACKBONES
@@ -144,14 +148,6 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def rss_mib(pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def synthetic_frames(config: BenchConfig, n: int) -> list[np.ndarray]:
     from train.synth import Sweep
 
@@ -194,24 +190,15 @@ class WorkerProcess:
         self.scores = net.socket(zmq.SUB, connect=self.scores_addr, subscribe=[b""])
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "worker", "--model", str(model), "--sub", self.frames_addr,
-             "--pub", self.scores_addr, "--mode", mode, "--heartbeat", "0.5"],
+            subcommand("worker", "--model", str(model), "--sub", self.frames_addr, "--pub", self.scores_addr,
+                       "--mode", mode, "--heartbeat", "0.5"),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.ready_s = self._wait_ready()
-
-    def _wait_ready(self) -> float:
-        """Seconds from launch to the worker's first heartbeat not marked ``loading``: its model is loaded and warm."""
-        from stream import net, protocol
-
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the worker exited with {self.process.returncode}: {self.process.stderr.read()}")
-            data = net.recv(self.scores, 1.0)
-            msg = protocol.decode(data) if data is not None else None
-            if isinstance(msg, protocol.Heartbeat) and not msg.loading:
-                return time.perf_counter() - self.started
-        raise RuntimeError("the worker did not start in 600 s")
+        # Launch to the first heartbeat not marked ``loading``: the model is loaded and warm.
+        try:
+            wait_ready(self.scores_addr, timeout_s=600, alive=lambda: self.process.poll() is None)
+        except FetalheadError as exc:
+            why = self.process.stderr.read() if self.process.poll() is not None else ""
+            raise FetalheadError(f"{exc}{': ' + why.strip().splitlines()[-1] if why.strip() else ''}") from None
 
     def scores_of(self, n: int, timeout: float) -> list:
         from stream import net, protocol
@@ -275,7 +262,7 @@ def _stream_rows(backbone: str, config: BenchConfig, frames: list[np.ndarray], m
         # Start-up: launch to the first score of the first frame sent once it is ready.
         worker.frames.send(message("first", 0, frames[0]))
         if not worker.scores_of(1, 600):
-            raise RuntimeError("the worker gave no score")
+            raise FetalheadError("bench: the worker gave no score")
         startup = time.perf_counter() - worker.started
         rows.append(Row("stream", backbone, "start-up: `fetalhead worker` launched -> first score", startup, "s"))
         rows.append(Row("stream", backbone, "start-up, of which model load (in-process)", loaded, "s", startup,
@@ -292,7 +279,7 @@ def _stream_rows(backbone: str, config: BenchConfig, frames: list[np.ndarray], m
             worker.frames.send(message("bench", i, frame))
             got = worker.scores_of(1, 60)
             if not got:
-                raise RuntimeError("the worker gave no score")
+                raise FetalheadError("bench: the worker gave no score")
             costs.append(got[0].t_scored - got[0].t_received)
         per_frame = statistics.median(costs[window:])
         rows.append(Row("stream", backbone, "worker per frame (received -> published)", per_frame * 1e3, "ms",
@@ -340,7 +327,7 @@ def _stream_rows(backbone: str, config: BenchConfig, frames: list[np.ndarray], m
             for score in worker.scores_of(1, 1.0):
                 if time.monotonic() > warm_until:
                     latencies.append(score.latency)
-                    memory.append(rss_mib(worker.process.pid))
+                    memory.append((rss_bytes(worker.process.pid) or math.nan) / 2**20)
     finally:
         done.set()
         feeder.join(5)
@@ -394,13 +381,13 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
     model_config = ModelConfig(backbone=backbone, weights=str(weights), image_size=config.image_size)
     data = folder / f"{backbone}-scans"
     synth_dataset(data, SynthConfig(scans=config.train_scans, frames=config.train_frames,
-                                    height=config.frame_height, width=config.frame_width), progress=False)
+                                    height=config.frame_height, width=config.frame_width))
     scans = load_dataset(data, window=model_config.window)
     frames = sum(len(s) for s in scans)
     cache = folder / f"{backbone}-cache"
     runtime = bundle.runtime()
     start = time.perf_counter()
-    FeatureCache(runtime, cache).extract(scans, progress=False)
+    FeatureCache(runtime, cache).extract(scans)
     one_pass = time.perf_counter() - start
 
     xla = config.train_xla
@@ -409,7 +396,7 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
         full_size = math.ceil(config.dataset_frames / TrainConfig().batch_size) * TrainConfig().epochs
         xla = "on" if compile_with_xla(TrainConfig(), 6, full_size) else "off"
     epochs = 3
-    train_config = TrainConfig(epochs=epochs, early_stopping=False, progress=False, cache_dir=str(cache), xla=xla)
+    train_config = TrainConfig(epochs=epochs, early_stopping=False, cache_dir=str(cache), xla=xla)
     start = time.perf_counter()
     run = train(data, folder / f"{backbone}-run", model_config, train_config)
     elapsed = time.perf_counter() - start
@@ -478,51 +465,8 @@ def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None)
     return rows
 
 
-def print_table(rows: Sequence[Row]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="fetalhead bench (ratios are value / baseline, measured in the same run)")
-    for column in ("section", "backbone", "figure", "value", "baseline", "ratio", "target"):
-        table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
-    for row in rows:
-        baseline = "" if row.baseline is None else f"{row.baseline:.4g} {row.unit} ({row.baseline_name})"
-        ratio = "" if row.ratio is None else f"{row.ratio:.3g}"
-        if row.runs > 1 and row.ratio_min is not None:
-            ratio += f" ({row.ratio_min:.3g}-{row.ratio_max:.3g}, {row.runs} runs)"
-        table.add_row(row.section, row.backbone, row.figure, f"{row.value:.4g} {row.unit}", baseline, ratio,
-                      row.target)
-    # Wide enough for the table when piped to a file or a CI log.
-    Console(width=200).print(table)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("bench", "Speed figures as ratios against baselines measured in the same run.")
-    p.add_argument("--backbones", help="comma-separated (default vgg19,mobilenetv2)")
-    p.add_argument("--sections", help=f"comma-separated of {', '.join(SECTIONS)} (default all)")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--frames", type=int, help="frames per streaming measurement (default 24)")
-    p.add_argument("--live-seconds", type=float)
-    p.add_argument("--repeats", type=int, help="measure each section this many times; report the median run "
-                                                "and the ratios' range (default 1)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
-    p.add_argument("--config", help="TOML file with a [bench] table")
-    args = p.parse_args(argv)
-    overrides = {"backbones": args.backbones, "sections": args.sections, "image_size": args.image_size,
-                 "frames": args.frames, "live_seconds": args.live_seconds, "repeats": args.repeats,
-                 "json": args.json}
-
-    def work() -> int:
-        from rich.console import Console
-
-        config = load(BenchConfig, "bench", args.config, overrides)
-        console = Console(stderr=True)
-        rows = bench(config, progress=lambda s: console.log(s))
-        print_table(rows)
-        if config.json:
-            Path(config.json).write_text(json.dumps(
-                [{**dataclasses.asdict(r), "ratio": r.ratio, "ratio_min": r.ratio_min, "ratio_max": r.ratio_max}
-                 for r in rows], indent=2))
-        return 0
-
-    return run(work, verbose=args.verbose)
+def write_json(rows: Sequence[Row], path: str | Path) -> None:
+    """The rows as JSON, each with its ratio and the range of its runs' ratios."""
+    Path(path).write_text(json.dumps(
+        [{**dataclasses.asdict(r), "ratio": r.ratio, "ratio_min": r.ratio_min, "ratio_max": r.ratio_max}
+         for r in rows], indent=2))

@@ -18,27 +18,28 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 from pathlib import Path
-from typing import Sequence
 
-from models.config import check, load
-from tools.cli import parser as make_parser, run
+from models.settings import check, setting
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    out: str = "fetalhead-demo"
-    scans: int = 10
-    frames: int = 96
-    height: int = 144
-    width: int = 192
-    folds: int = 4
-    epochs: int = 12
-    stride: int = 2
-    image_size: int = 64
-    learning_rate: float = 1e-3
-    watch: bool = True
-    seed: int = 0
+    """What ``fetalhead demo`` writes and trains (a ``[demo]`` TOML table)."""
+
+    out: str = setting("fetalhead-demo", "folder for everything the demo writes")
+    scans: int = setting(10, "synthetic scans to write (one is held out)")
+    frames: int = setting(96, "frames per scan")
+    height: int = setting(144, "frame height in pixels")
+    width: int = setting(192, "frame width in pixels")
+    folds: int = setting(4, "cross-validation folds")
+    epochs: int = setting(12, "training epochs per fold")
+    stride: int = setting(2, "step between training windows")
+    image_size: int = setting(64, "backbone input size in pixels")
+    learning_rate: float = setting(1e-3, "Adam's learning rate")
+    watch: bool = setting(True, "show the live table while the held-out scan replays")
+    seed: int = setting(0, "seed of the data, the folds and the weights")
 
     def __post_init__(self) -> None:
         check(self.scans >= self.folds + 1, f"scans: need at least folds + 1 = {self.folds + 1}, got {self.scans}")
@@ -55,20 +56,23 @@ def demo(config: DemoConfig) -> int:
 
     from models.bundle import load as load_bundle
     from models.config import ModelConfig
-    from stream.run import main as run_main
+    from stream.net import signal_stop
+    from stream.run import RunConfig, run_pipeline
+    from tools.render import print_fold_table, progress
     from train.config import TrainConfig
     from train.data import load_scan
     from train.kfold import train
     from train.synth import SynthConfig, synth_dataset
 
     console = Console()
+    bars = progress(True)
     out = Path(config.out).resolve()
     data = out / "data"
     if data.exists():
         shutil.rmtree(data)
     console.rule("1. synthetic phantom scans")
     synth_dataset(data, SynthConfig(scans=config.scans, frames=config.frames, height=config.height,
-                                    width=config.width, seed=config.seed))
+                                    width=config.width, seed=config.seed), progress=bars)
     holdout = sorted(p.name for p in data.iterdir() if p.is_dir())[-1]
 
     console.rule(f"2. {config.folds}-fold training, {holdout} held out")
@@ -77,20 +81,16 @@ def demo(config: DemoConfig) -> int:
                                stride=config.stride, patience=4, holdout=(holdout,), seed=config.seed,
                                cache_dir=str(out / "feature-cache"))
     run_dir = out / "run"
-    summary = train(data, run_dir, model_config, train_config)
-    from train.cli import print_fold_table
-
+    summary = train(data, run_dir, model_config, train_config, progress=bars)
     bundle_path = Path(summary["bundle"])
-    cv = load_bundle(bundle_path).info["cross_validation"]
-    print_fold_table(summary["folds"], cv)
+    print_fold_table(summary["folds"], summary["cross_validation"])
 
     console.rule(f"3. live replay of {holdout}: capture -> worker -> watch + record")
     csv_path, video_path = out / "scores.csv", out / "annotated.mp4"
-    args = [str(data / holdout), "--model", str(bundle_path), "--mode", "lossless", "--csv", str(csv_path),
-            "--video", str(video_path), "--log", str(out / "pipeline.log")]
-    if not config.watch:
-        args.append("--no-watch")
-    code = run_main(args)
+    replay = RunConfig(source=str(data / holdout), model=str(bundle_path), mode="lossless", csv=csv_path,
+                       video=video_path, log=out / "pipeline.log", watch=config.watch)
+    with signal_stop((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as stop:
+        code = run_pipeline(replay, stop).exit_code
     if code != 0:
         console.print(f"[red]the pipeline ended with exit code {code}; see {out / 'pipeline.log'}")
         return code
@@ -117,17 +117,3 @@ def demo(config: DemoConfig) -> int:
     console.print(f"\nNext: fetalhead run {data / holdout} --model {bundle_path}   (or a video file, or a device "
                   "index such as 0)")
     return 0 if same else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("demo", "Synthetic data -> k-fold training -> live replay of a held-out scan.")
-    p.add_argument("--out", help="folder for everything the demo writes (default ./fetalhead-demo)")
-    p.add_argument("--scans", type=int)
-    p.add_argument("--frames", type=int)
-    p.add_argument("--folds", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--no-watch", dest="watch", action="store_const", const=False, help="no live table")
-    p.add_argument("--config", help="TOML file with a [demo] table")
-    args = p.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("out", "scans", "frames", "folds", "epochs", "watch")}
-    return run(lambda: demo(load(DemoConfig, "demo", args.config, overrides)), verbose=args.verbose)

@@ -9,7 +9,7 @@ Measures, for each precision asked for (float32, mixed_float16, mixed_bfloat16):
   (its time, mostly compilation, is reported apart); ``--repeats`` passes per
   batch size, their median and range reported. Target: >= 1,000 frames/s.
 - live: one frame at a time, the extractor at batch 1 then the head over the
-  last 8 feature vectors (``models.scoring.RollingWindow``, padded to 8 as the
+  last 8 feature vectors (``models.windows.RollingWindow``, padded to 8 as the
   worker does: ``models.scoring.newest_scores``); p50 and p99 over
   ``--live-frames`` frames after a warm-up. Target: p99 <= 10 ms.
 - how far each mixed-precision model's scores are from float32's on the same
@@ -19,11 +19,11 @@ Inputs are random already-preprocessed float32 (N, S, S, 3) frames in host
 memory: preprocessing runs on the CPU in the worker and is not measured here.
 Weights are random: the compute is that of the real weights.
 
-Only numpy, Keras and ``models.config``, ``models.cnn_lstm`` and
-``models.scoring`` are imported, so a GPU machine with JAX (or PyTorch) and no
+Only numpy, Keras and ``models.config``, ``models.cnn_lstm``,
+``models.scoring`` and ``models.windows`` are imported, so a GPU machine with JAX (or PyTorch) and no
 TensorFlow, and no internet, runs it with a few wheels carried along. The
 backend is ``KERAS_BACKEND``, JAX when that is unset. Python >= 3.11
-(``models.config`` reads TOML with ``tomllib``).
+(``models.settings`` reads TOML with ``tomllib``).
 
 On a machine with internet, fetch the wheels into the ignored folder ``.wheels/``
 (about 6.5 MB). Keras imports absl-py, rich and packaging; under JAX it needs
@@ -85,7 +85,8 @@ import numpy as np  # noqa: E402
 
 from models.cnn_lstm import build_feature_extractor, build_temporal_head  # noqa: E402
 from models.config import BACKBONES, ModelConfig  # noqa: E402
-from models.scoring import RollingWindow, newest_scores, streaming_scores  # noqa: E402
+from models.scoring import newest_scores, streaming_scores  # noqa: E402
+from models.windows import RollingWindow  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
 
@@ -475,8 +476,10 @@ def _seconds(text: str) -> float:
 def make_parser() -> argparse.ArgumentParser:
     defaults = GpuBenchConfig()
     p = argparse.ArgumentParser(prog="gpu_bench.py", description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
-    p.add_argument("--image-size", type=_count(32), default=defaults.image_size)
+    p.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone,
+                   help=f"per-frame feature extractor (default {defaults.backbone})")
+    p.add_argument("--image-size", type=_count(32), default=defaults.image_size,
+                   help=f"backbone input size in pixels (default {defaults.image_size})")
     p.add_argument("--frames", type=_count(WINDOW), default=defaults.frames,
                    help=f"backlog replayed losslessly (default {defaults.frames})")
     p.add_argument("--batches", type=_batches, default=defaults.batches,
@@ -488,8 +491,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", dest="precisions", type=_precisions, default=defaults.precisions,
                    help=f"comma-separated of {', '.join(PRECISIONS)} (default float32,mixed_bfloat16)")
     p.add_argument("--seconds-budget", type=_seconds, default=None,
-                   help="per precision: skip the larger batch sizes once replay has taken this long")
-    p.add_argument("--json", default="", help="also write the report to this JSON file")
+                   help="per precision: skip the larger batch sizes once replay has taken this long "
+                        "(default: no budget)")
+    p.add_argument("--json", default="", help="also write the report to this JSON file (default: none)")
     return p
 
 

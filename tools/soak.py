@@ -1,4 +1,4 @@
-"""``python -m tools.soak --minutes 10``: a long live stream through real processes, checked for creep.
+"""``fetalhead soak --minutes 10``: a long live stream through real processes, checked for creep.
 
 Starts ``fetalhead worker`` and ``fetalhead capture synthetic --mode live``
 (30 fps by default) as supervised child processes, subscribes to the scores
@@ -19,20 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
 
-from rich.console import Console
-from rich.table import Table
-
-from models.config import check, load
+from models.settings import check, setting
 from stream.stats import LatencyWindow
-from tools.cli import parser as make_parser, run
+from stream.supervise import rss_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
 _SAMPLE_S = 1.0
 
 
@@ -44,13 +38,15 @@ class SoakConfig:
     and a sixth (2..60 s) of it.
     """
 
-    minutes: float = 10.0
-    fps: float = 30.0
-    model: str | None = None
-    max_growth: float = 20.0
-    max_drift_ms: float = 50.0
-    warmup_s: float | None = None
-    window_s: float | None = None
+    minutes: float = setting(10.0, "length of the run from the first score")
+    fps: float = setting(30.0, "frame rate of the synthetic source")
+    model: str | None = setting(None, "model bundle", shown="a tiny random-weight model made for the run")
+    max_growth: float = setting(20.0, "percent of memory growth that fails the run")
+    max_drift_ms: float = setting(50.0, "p99 latency increase in ms that fails the run")
+    warmup_s: float | None = setting(None, "seconds left out at the start", flag="warmup",
+                                     shown="a tenth of the run, 1..30 s")
+    window_s: float | None = setting(None, "seconds per measured window", flag="window",
+                                     shown="a sixth of the run, 2..60 s")
 
     def __post_init__(self) -> None:
         check(self.minutes > 0, f"minutes: must be > 0, got {self.minutes}")
@@ -125,17 +121,6 @@ def judge(first: Window, last: Window, config: SoakConfig) -> list[str]:
     return problems
 
 
-def rss_of(pid: int) -> int | None:
-    """Resident memory of process ``pid`` in bytes, None when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def _tiny_bundle(folder: Path) -> Path:
     from models.bundle import save
     from models.cnn_lstm import build_feature_extractor, build_temporal_head
@@ -158,27 +143,27 @@ class SoakResult:
 def soak(config: SoakConfig) -> SoakResult:
     """Run capture and worker for ``config.minutes`` (from the first score) and judge the two windows."""
     from stream import net, protocol
-    from stream.run import ProcessSpec, Supervisor, WorkerReady
-    from stream.watch import Subscription
+    from stream.supervise import ProcessSpec, Supervisor, WorkerReady, child_env, subcommand
 
     frames, scores = net.free_tcp_address(), net.free_tcp_address()
     with tempfile.TemporaryDirectory(prefix="fetalhead-soak-") as tmp:
         folder = Path(tmp)
         model = config.model or str(_tiny_bundle(folder))
         log = folder / "children.log"
-        command = (sys.executable, "-m", "tools.cli")
         ready = WorkerReady(scores)
         specs = [
-            ProcessSpec("worker", (*command, "worker", "--model", model, "--sub", frames, "--pub", scores,
-                                   "--mode", "live"), log=log),
-            ProcessSpec("capture", (*command, "capture", "synthetic", "--pub", frames, "--mode", "live",
-                                    "--fps", f"{config.fps:g}", "--stream", "soak"), log=log, start_when=ready),
+            ProcessSpec("worker", subcommand("worker", "--model", model, "--sub", frames, "--pub", scores,
+                                             "--mode", "live"), log=log),
+            ProcessSpec("capture", subcommand("capture", "synthetic", "--pub", frames, "--mode", "live",
+                                              "--fps", f"{config.fps:g}", "--stream", "soak"),
+                        log=log, start_when=ready),
         ]
         samples: list[tuple[float, str, int]] = []
         latencies: list[tuple[float, float]] = []
         problems: list[str] = []
         try:
-            with Supervisor(specs, max_restarts=0, cwd=ROOT) as supervisor, Subscription(scores, "soak") as sub:
+            with Supervisor(specs, max_restarts=0, env=child_env()) as supervisor, \
+                    net.Subscriber(scores, "soak") as sub:
                 supervisor.start()
                 first_score: float | None = None
                 next_sample = time.monotonic()
@@ -200,7 +185,7 @@ def soak(config: SoakConfig) -> SoakResult:
                     if first_score is not None and now >= next_sample:
                         next_sample += _SAMPLE_S
                         for role, pid in supervisor.running().items():
-                            value = rss_of(pid)
+                            value = rss_bytes(pid)
                             if value is not None:
                                 samples.append((now - first_score, role, value))
         finally:
@@ -211,52 +196,3 @@ def soak(config: SoakConfig) -> SoakResult:
     if not problems:
         problems = judge(first, last, config)
     return SoakResult(first, last, problems, len(latencies), text)
-
-
-def report(result: SoakResult, console: Console) -> None:
-    """The two windows side by side, then the verdict."""
-    table = Table(title="soak: start and end of the run")
-    for column in ("window", "seconds", "scores/s", "latency p50 ms", "latency p99 ms", "worker RSS MiB",
-                   "capture RSS MiB"):
-        table.add_column(column, justify="right")
-    for w in (result.first, result.last):
-        table.add_row(w.name, f"{w.seconds:.0f}", f"{w.scores / w.seconds:.1f}",
-                      "-" if w.latency_p50_ms is None else f"{w.latency_p50_ms:.1f}",
-                      "-" if w.latency_p99_ms is None else f"{w.latency_p99_ms:.1f}",
-                      *(f"{w.rss[r] / 2**20:.1f}" if r in w.rss else "-" for r in ("worker", "capture")))
-    console.print(table)
-    if result.problems:
-        for line in result.problems:
-            console.print(f"[bold red]FAIL[/] {line}", highlight=False)
-        tail = result.log.strip().splitlines()[-15:]
-        if tail:
-            console.print("last lines of the children's log:\n" + "\n".join(tail), highlight=False, markup=False)
-    else:
-        console.print(f"[bold green]OK[/] {result.scores} scores; memory and latency held steady", highlight=False)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = make_parser("soak", "Stream synthetic frames through real capture and worker processes; check for creep.")
-    p.add_argument("--minutes", type=float, help="length of the run from the first score (default 10)")
-    p.add_argument("--fps", type=float, help="frame rate of the synthetic source (default 30)")
-    p.add_argument("--model", help="model bundle (default: a tiny random-weight model made for the run)")
-    p.add_argument("--max-growth", type=float, help="percent of memory growth that fails the run (default 20)")
-    p.add_argument("--max-drift-ms", type=float, help="p99 latency increase that fails the run (default 50)")
-    p.add_argument("--warmup", type=float, dest="warmup_s", help="seconds left out at the start (default: a tenth)")
-    p.add_argument("--window", type=float, dest="window_s", help="seconds per measured window (default: a sixth)")
-    p.add_argument("--config", help="TOML file with a [soak] table")
-    args = p.parse_args(argv)
-    overrides = {name: getattr(args, name) for name in
-                 ("minutes", "fps", "model", "max_growth", "max_drift_ms", "warmup_s", "window_s")}
-
-    def work() -> int:
-        config = load(SoakConfig, "soak", args.config, overrides)
-        result = soak(config)
-        report(result, Console())
-        return 1 if result.problems else 0
-
-    return run(work, verbose=args.verbose)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

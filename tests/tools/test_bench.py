@@ -2,9 +2,13 @@
 
 import json
 
-from tools.bench import Row, combine, main
+import pytest
+
+from tools.bench import Row, combine
+from tools.commands.bench import main
 
 
+@pytest.mark.slow
 def test_bench_prints_every_figure_with_its_baseline(tmp_path, capsys):
     path = tmp_path / "bench.json"
     settings = tmp_path / "bench.toml"

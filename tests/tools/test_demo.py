@@ -1,10 +1,12 @@
 """The README's main job, shrunk: synthetic data -> k-fold -> live replay through real processes."""
 
 import pandas as pd
+import pytest
 
-from tools.demo import main
+from tools.commands.demo import main
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_live_scores_equal_offline(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["--out", str(out), "--scans", "4", "--frames", "24", "--folds", "2", "--epochs", "1", "--no-watch"])

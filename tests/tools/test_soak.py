@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from models.config import ConfigError
-from tools.soak import SoakConfig, Window, judge, main, summarise
+from models.errors import ConfigError
+from tools.commands.soak import main
+from tools.soak import SoakConfig, Window, judge, summarise
 
 MiB = 2**20
 
@@ -48,9 +49,10 @@ def test_settings_are_checked():
         SoakConfig(max_growth=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_short_soak_through_real_processes_holds_steady(tiny_bundle_path, capsys):
-    # Seven seconds at 30 fps (the full run is python -m tools.soak --minutes 10); thresholds
+    # Seven seconds at 30 fps (the full run is fetalhead soak --minutes 10); thresholds
     # loose enough for a busy 2-core test machine.
     code = main(["--minutes", "0.12", "--model", str(tiny_bundle_path), "--max-growth", "25",
                  "--max-drift-ms", "500"])

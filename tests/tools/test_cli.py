@@ -53,6 +53,7 @@ BAD_FLAGS = [
     (["record", "--fps", "fast"], "argument --fps: invalid float value: 'fast'"),
     (["run", "synthetic", "--mode", "fast"], "argument --mode: invalid choice: 'fast' (choose from 'live', 'lossless')"),
     (["keys"], "the following arguments are required: folder"),
+    (["soak", "--minutes", "long"], "argument --minutes: invalid float value: 'long'"),
 ]
 BAD_TABLES = [
     (["model", "info"], "[model]\nwindow = 0\n", "model.window: must be >= 1, got 0"),
@@ -67,6 +68,9 @@ BAD_TABLES = [
     (["record"], '[record]\ncsv = "s.csv"\nfps = 0\n', "record.fps: must be in (0, 1000], got 0.0"),
     (["run", "synthetic", "--model", "m.fhb"], "[run]\nrestarts = -1\n", "run.restarts: must be >= 0, got -1"),
     (["capture", "synthetic"], '[capture]\nallow = "keys/"\n', "capture.allow: needs keys (--keys DIR) to turn CURVE on"),
+    (["soak"], "[soak]\nfps = 0\n", "soak.fps: must be > 0, got 0.0"),
+    (["demo"], "[demo]\nfolds = 1\n", "demo.folds: must be >= 2, got 1"),
+    (["bench"], '[bench]\nsections = ["fast"]\n', "bench.sections: 'fast' is not one of backbones, stream, training"),
 ]
 
 
@@ -91,3 +95,29 @@ def test_every_command_is_covered():
 
     covered = {argv[0] for argv, _ in BAD_FLAGS}
     assert covered == set(COMMANDS) - {"demo", "bench"}
+
+
+# Every command and sub-command; an option without a default says it is required.
+HELP_PAGES = [["model", "info"], ["model", "export"], ["synth"], ["data", "check"], ["train"], ["train", "merge"],
+              ["evaluate"], ["capture"], ["worker"], ["watch"], ["record"], ["run"], ["keys"], ["demo"], ["bench"],
+              ["soak"]]
+NO_DEFAULT = {"-h", "-v", "--config"}
+
+
+@pytest.mark.parametrize("argv", HELP_PAGES, ids=[" ".join(a) for a in HELP_PAGES])
+def test_every_option_of_every_command_shows_its_default(argv, capsys, monkeypatch):
+    # One option a line: argparse wraps at $COLUMNS.
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert main([*argv, "--help"]) == 0
+    text = capsys.readouterr().out
+    entries: list[str] = []
+    for line in text[text.index("options:"):].splitlines()[1:]:
+        if line.startswith("  -"):
+            entries.append(line.strip())
+        elif line.startswith("   ") and entries:
+            # A long option's help goes on the lines below it.
+            entries[-1] += " " + line.strip()
+    assert entries
+    missing = [entry for entry in entries if entry.split()[0].rstrip(",") not in NO_DEFAULT
+               and "(default" not in entry and "required" not in entry]
+    assert missing == []

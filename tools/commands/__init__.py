@@ -1,0 +1,1 @@
+"""One module per ``fetalhead`` subcommand: its flags, generated from the settings dataclasses, then one library call."""

@@ -1,0 +1,376 @@
+"""Everything a person reads on a terminal: rich tables, progress bars and live views, in one module.
+
+The library hands over plain results (dicts, dataclasses, a ``StreamBoard``)
+and a ``models.progress.Progress`` to report on; this module draws them.
+"""
+
+from __future__ import annotations
+
+import os
+from time import monotonic
+
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from models.classes import CLASS_NAMES, HEAD, NOT_HEAD
+from models.progress import NO_PROGRESS
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+class _Bar:
+    """One ``models.progress.Task`` drawn as a rich progress bar of its own."""
+
+    def __init__(self, console: Console, description: str, total: int, completed: int) -> None:
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
+                                  transient=not console.is_terminal)
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, completed=completed, note="")
+
+    def update(self, *, advance: int = 0, completed: int | None = None, description: str | None = None,
+               note: str | None = None) -> None:
+        fields = {k: v for k, v in (("description", description), ("note", note)) if v is not None}
+        if completed is not None:
+            fields["completed"] = completed
+        self._progress.update(self._task, advance=advance, **fields)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+class RichProgress:
+    """A ``models.progress.Progress`` that draws each task as a rich progress bar."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+
+    def task(self, description: str, total: int, completed: int = 0) -> _Bar:
+        return _Bar(self.console, description, total, completed)
+
+
+def progress(enabled: bool):
+    """A RichProgress when ``enabled``, else ``models.progress.NO_PROGRESS``."""
+    return RichProgress() if enabled else NO_PROGRESS
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def print_model_summary(config, summary, console: Console | None = None) -> None:
+    """``fetalhead model info``: a ``models.cnn_lstm.ModelSummary`` of ``config`` as a table, then its counts."""
+    console = console or Console()
+    table = Table(title=f"CNN-LSTM ({config.backbone}, weights {config.weights})")
+    for column in ("layer", "output shape", "parameters"):
+        table.add_column(column)
+    for name, shape, parameters in summary.layers:
+        table.add_row(name, shape, f"{parameters:,}")
+    console.print(table)
+    console.print(f"feature size: {summary.feature_dim}")
+    console.print(f"trainable parameters: {summary.trainable:,}")
+    console.print(f"non-trainable parameters: {summary.non_trainable:,}")
+
+
+def print_export(path, config, console: Console | None = None) -> None:
+    """What ``fetalhead model export`` wrote: the file, and the model's input and output."""
+    (console or Console()).print(
+        f"wrote {path}: frames (batch, {config.window}, {config.image_size}, {config.image_size}, 3) "
+        f"preprocessed by models.preprocess -> scores (batch, {config.window})", highlight=False, soft_wrap=True)
+
+
+# --- training and data -------------------------------------------------------------------
+
+
+def print_fold_table(results, summary, console: Console | None = None) -> None:
+    """Cross-validation: one row per fold result (``train.kfold``), then mean ± sd and pooled from ``summary``.
+
+    ``summary`` is ``train.kfold.summarise``'s dict, or None for a run of single folds.
+    """
+    from train.metrics import METRIC_NAMES
+
+    table = Table(title="Cross-validation, per-frame scores at each fold's threshold")
+    for column in ("fold", "val scans", "threshold", *METRIC_NAMES):
+        table.add_column(column, justify="right")
+    for r in results:
+        m = r["at_threshold"]
+        table.add_row(str(r["fold"]), str(len(r["val_scans"])), f"{r['threshold']:.3f}",
+                      *(f"{m[k]:.3f}" for k in METRIC_NAMES))
+    if summary:
+        mean, std = summary["folds_mean"], summary["folds_std"]
+        table.add_row("mean ± sd", "", "", *(f"{mean[k]:.3f} ± {std[k]:.3f}" for k in METRIC_NAMES))
+        pooled = summary["pooled_out_of_fold"]
+        table.add_row("pooled", "", f"{summary['threshold']:.3f}", *(f"{pooled[k]:.3f}" for k in METRIC_NAMES))
+    (console or Console()).print(table)
+
+
+def print_training(summary, fold: int | None, console: Console | None = None) -> None:
+    """``fetalhead train``'s result (``train.kfold.train``): the fold table, then where the bundle and report are."""
+    console = console or Console()
+    print_fold_table(summary["folds"], summary["cross_validation"], console)
+    if summary["bundle"]:
+        console.print(f"model bundle: [bold]{summary['bundle']}[/]")
+    if summary["report"]:
+        console.print(f"report: [bold]{summary['report']}/report.md[/]")
+    if fold is not None:
+        console.print(f"fold {fold} done in {summary['run']}; combine folds with `fetalhead train merge`")
+
+
+def print_merge(summary, console: Console | None = None) -> None:
+    """``fetalhead train merge``'s result (``train.merge.merge_runs``): the fold table, the report, what next."""
+    console = console or Console()
+    print_fold_table(summary["folds"], summary["cross_validation"], console)
+    console.print(f"report: {summary['report']}/report.md", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"final model: run `fetalhead train {summary['data_root'] or 'DATA'} --out {summary['run']}` "
+                  "(finished folds are reused)", highlight=False, markup=False, soft_wrap=True)
+
+
+def print_evaluation(result, console: Console | None = None) -> None:
+    """``fetalhead evaluate``'s metrics at the bundle's threshold (``train.evaluate.evaluate``) and its report."""
+    m = result["metrics"]
+    (console or Console()).print(
+        f"{m['frames']} frames, threshold {m['threshold']:.3f}: accuracy {m['accuracy']:.3f}, "
+        f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}, "
+        f"ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}\nreport: {result['report']}/report.md")
+
+
+def print_synth_summary(out, config, scans, console: Console | None = None) -> None:
+    """What ``fetalhead synth`` wrote: ``scans`` (``train.data.Scan``, read back) of ``config`` under ``out``."""
+    console = console or Console(highlight=False, soft_wrap=True)
+    head = sum(int((s.labels == HEAD).sum()) for s in scans)
+    total = sum(len(s) for s in scans)
+    n_video = sum(s.video is not None for s in scans)
+    console.print(f"wrote {len(scans)} scans ({len(scans) - n_video} as PNG frames, {n_video} as MJPG video) "
+                  f"of {config.frames} frames {config.height}x{config.width} to {out}")
+    console.print(f"{CLASS_NAMES[HEAD]} {head} ({100 * head / total:.1f} %), "
+                  f"{CLASS_NAMES[NOT_HEAD]} {total - head} ({100 * (total - head) / total:.1f} %)")
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}" if whole else "-"
+
+
+def print_check_report(report, root, console: Console | None = None) -> None:
+    """A ``train.data.CheckReport`` of the dataset at ``root``: a table of scans, every problem, then the verdict."""
+    console = console or Console(highlight=False, soft_wrap=True)
+    usable = set(report.usable_scans)
+    table = Table(title=f"{root}: {len(report.scans)} scans", title_justify="left")
+    for name, justify in (("scan", "left"), ("source", "left"), ("frames", "right"), (CLASS_NAMES[HEAD], "right"),
+                          (CLASS_NAMES[NOT_HEAD], "right"), (f"{CLASS_NAMES[HEAD]} %", "right"),
+                          ("usable", "left")):
+        table.add_column(name, justify=justify)
+    for s in report.scans:
+        table.add_row(s.name, s.source, str(s.frames), str(s.head), str(s.not_head),
+                      _percent(s.head, s.head + s.not_head), "yes" if s.name in usable else "[red]no[/red]")
+    frames = sum(s.frames for s in report.scans)
+    head = sum(s.head for s in report.scans)
+    not_head = sum(s.not_head for s in report.scans)
+    table.add_section()
+    table.add_row("total", "", str(frames), str(head), str(not_head), _percent(head, head + not_head),
+                  f"{len(usable)} scans")
+    console.print(table)
+
+    n_fatal = len(report.fatal)
+    n_warn = len(report.problems) - n_fatal
+    if report.problems:
+        console.print(f"{len(report.problems)} problems: {n_fatal} fatal, {n_warn} warnings")
+    for problem in report.problems:
+        kind = "[red]error[/red]  " if problem.fatal else "[yellow]warning[/yellow]"
+        console.print(f"{kind} ", end="")
+        # Paths and messages are printed as they are: file names may hold [brackets].
+        console.print(str(problem), markup=False)
+    if report.ok:
+        console.print(f"[green]OK[/green]: {len(usable)} usable scans")
+    else:
+        console.print(f"[red]NOT OK[/red]: {n_fatal} fatal problem{'s' if n_fatal != 1 else ''}; "
+                      "training refuses this data until they are fixed")
+
+
+# --- streams -----------------------------------------------------------------------------
+
+# Width of the score bar in the streams table, in characters.
+_BAR_WIDTH = 6
+
+
+def score_bar(score: float | None, width: int = _BAR_WIDTH) -> str:
+    """``score`` in [0, 1] as a bar of block characters ``width`` wide."""
+    if score is None:
+        return " " * width
+    filled = round(max(0.0, min(1.0, score)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
+
+
+def _drops(row: dict) -> str:
+    return f"{row['drops']}" + (f" ({row['lost']} lost)" if row["lost"] else "")
+
+
+def render(board, now: float | None = None):
+    """A ``stream.watch.StreamBoard`` as a rich table, one row per stream, then process health and recent events."""
+
+    now = board.clock() if now is None else now
+    table = Table(title="fetalhead streams", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for name, justify in (("stream", "left"), ("seq", "right"), ("score", "left"), ("decision", "left"),
+                          ("fps in/out", "right"), ("ms p50/p99", "right"), ("drops", "right"),
+                          ("flags", "left"), ("last", "right")):
+        table.add_column(name, justify=justify)
+    for row in board.rows(now):
+        if row["decision"] is None:
+            decision: Text | str = ""
+        elif row["decision"] == CLASS_NAMES[HEAD]:
+            decision = Text(row["decision"], style="bold black on green")
+        else:
+            decision = Text(row["decision"], style="dim")
+        score = "" if row["score"] is None else f"{row['score']:.2f} {score_bar(row['score'])}"
+        last = "ended" if row["ended"] else _age(row["age_s"])
+        table.add_row(row["stream"], "-" if row["seq"] is None else str(row["seq"]), score, decision,
+                      f"{row['fps_in']:.1f}/{row['fps_out']:.1f}",
+                      f"{_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])}", _drops(row),
+                      ",".join(row["flags"]), last)
+    parts = [table]
+    for proc in board.processes(now):
+        parts.append(Text(process_line(proc), style="red" if proc["dead"] else ""))
+    for line in board.warnings(now):
+        parts.append(Text(f"warning: {line}", style="bold red"))
+    for event in board.events:
+        style = {"error": "red", "warning": "yellow"}.get(event.level, "dim")
+        parts.append(Text(f"{event.stream} {event.level}: {event.message}", style=style))
+    return Group(*parts)
+
+
+def process_line(proc: dict) -> str:
+    """One line of a process's heartbeat figures (``StreamBoard.processes``); figures it does not report are left out."""
+    if proc["loading"] and not proc["dead"]:
+        since = "" if proc["uptime_s"] is None else f" ({proc['uptime_s']:.0f} s)"
+        what = "loading its model" if proc["role"] == "worker" else "starting"
+        return f"{proc['role']} pid {proc['pid']}: {what}{since}"
+    parts = [f"{name} {proc[key]}" for name, key in (("in", "frames_in"), ("out", "frames_out"),
+                                                       ("dropped", "dropped")) if proc[key] is not None]
+    if proc["rejected_by"] or proc["role"] == "worker":
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(proc["rejected_by"].items()))
+        parts.append(f"rejected {proc['rejected']}" + (f" ({detail})" if detail else ""))
+    rates = [f"{proc[key]:.1f} fps {name}" for name, key in (("in", "fps_in"), ("out", "fps_out"))
+             if proc[key] is not None]
+    if proc["dead"]:
+        rates.append(f"silent {proc['silent_s']:.0f} s")
+    return f"{proc['role']} pid {proc['pid']}: " + ", ".join([" ".join(parts)] + rates if parts else rates)
+
+
+def row_line(row: dict) -> str:
+    """One plain-text line of a stream row (``StreamBoard.rows``), for logs and non-terminal output."""
+    score = "-" if row["score"] is None else f"{row['score']:.2f}"
+    state = f" ended ({row['end_reason']})" if row["ended"] else ""
+    flags = f" [{','.join(row['flags'])}]" if row["flags"] else ""
+    return (f"{row['stream']} seq {row['seq'] if row['seq'] is not None else '-'} score {score} "
+            f"{row['decision'] or '-'}{flags} in/out {row['fps_in']:.1f}/{row['fps_out']:.1f} fps "
+            f"p50/p99 {_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])} ms drops {_drops(row)}{state}")
+
+
+class LiveBoard:
+    """A ``stream.watch.BoardView`` for a terminal: the table, updated in place from the first update on."""
+
+    def __init__(self, console: Console) -> None:
+        self._live = Live(console=console, auto_refresh=False, transient=False)
+
+    def update(self, board) -> None:
+        if not self._live.is_started:
+            self._live.start()
+        self._live.update(render(board), refresh=True)
+
+    def close(self, board) -> None:
+        self.update(board)
+        self._live.stop()
+
+
+class BoardLog:
+    """A ``stream.watch.BoardView`` for a pipe or a log file: plain lines, then the full table at the end.
+
+    Every ``interval_s`` it prints a line per stream that got scores since
+    the last time, and each alert once, when it starts.
+    """
+
+    def __init__(self, console: Console, interval_s: float) -> None:
+        self.console = console
+        self.interval_s = interval_s
+        self.clock = monotonic
+        self._printed: dict[str, int] = {}
+        self._alerted: set[str] = set()
+        self._next = self.clock() + interval_s
+
+    def update(self, board) -> None:
+        if self.clock() < self._next:
+            return
+        self._next += self.interval_s
+        for row in board.rows():
+            if self._printed.get(row["stream"]) != row["scores"]:
+                self._printed[row["stream"]] = row["scores"]
+                self.console.print(row_line(row), highlight=False, soft_wrap=True)
+        alerts = board.alerts()
+        for key in alerts.keys() - self._alerted:
+            self.console.print(f"warning: {alerts[key]}", highlight=False, soft_wrap=True)
+        self._alerted = set(alerts)
+
+    def close(self, board) -> None:
+        self.console.print(render(board))
+
+
+def board_view(interval_s: float, console: Console | None = None) -> LiveBoard | BoardLog:
+    """The view ``fetalhead watch`` draws with: ``LiveBoard`` on a terminal, else ``BoardLog``."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            # rich assumes 80 columns without a terminal, too narrow for the table in a log.
+            console = Console(width=160)
+    return LiveBoard(console) if console.is_terminal else BoardLog(console, interval_s)
+
+
+# --- benchmarks ----------------------------------------------------------------------------
+
+
+def print_bench_table(rows) -> None:
+    """``fetalhead bench``'s rows (``tools.bench.Row``): value, baseline, ratio (with its runs' range), target."""
+    table = Table(title="fetalhead bench (ratios are value / baseline, measured in the same run)")
+    for column in ("section", "backbone", "figure", "value", "baseline", "ratio", "target"):
+        table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
+    for row in rows:
+        baseline = "" if row.baseline is None else f"{row.baseline:.4g} {row.unit} ({row.baseline_name})"
+        ratio = "" if row.ratio is None else f"{row.ratio:.3g}"
+        if row.runs > 1 and row.ratio_min is not None:
+            ratio += f" ({row.ratio_min:.3g}-{row.ratio_max:.3g}, {row.runs} runs)"
+        table.add_row(row.section, row.backbone, row.figure, f"{row.value:.4g} {row.unit}", baseline, ratio,
+                      row.target)
+    # Wide enough for the table when piped to a file or a CI log.
+    Console(width=200).print(table)
+
+
+def print_soak_report(result, console: Console) -> None:
+    """``fetalhead soak``'s two windows (``tools.soak.SoakResult``) side by side, then the verdict."""
+    table = Table(title="soak: start and end of the run")
+    for column in ("window", "seconds", "scores/s", "latency p50 ms", "latency p99 ms", "worker RSS MiB",
+                   "capture RSS MiB"):
+        table.add_column(column, justify="right")
+    for w in (result.first, result.last):
+        table.add_row(w.name, f"{w.seconds:.0f}", f"{w.scores / w.seconds:.1f}",
+                      "-" if w.latency_p50_ms is None else f"{w.latency_p50_ms:.1f}",
+                      "-" if w.latency_p99_ms is None else f"{w.latency_p99_ms:.1f}",
+                      *(f"{w.rss[r] / 2**20:.1f}" if r in w.rss else "-" for r in ("worker", "capture")))
+    console.print(table)
+    if result.problems:
+        for line in result.problems:
+            console.print(f"[bold red]FAIL[/] {line}", highlight=False)
+        tail = result.log.strip().splitlines()[-15:]
+        if tail:
+            console.print("last lines of the children's log:\n" + "\n".join(tail), highlight=False, markup=False)
+    else:
+        console.print(f"[bold green]OK[/] {result.scores} scores; memory and latency held steady", highlight=False)
