@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from pathlib import Path
 
 import pytest
 
 from models.errors import ConfigError
-from models.settings import check, setting
+from tests.models.test_settings import Probe
 from tools.command import add_config, add_settings, parser, run, settings
-
-
-@dataclasses.dataclass(frozen=True)
-class Probe:
-    name: str = setting("probe", "a name")
-    mode: typing.Literal["live", "lossless"] = setting("live", "a choice")
-    rate: float | None = setting(None, "an optional number", shown="the source's own")
-    sizes: tuple[int, ...] = setting((1, 2), "a list")
-    on: bool = setting(False, "a switch")
-    max_batch: int = setting(16, "a renamed one", flag="batch")
-    folder: Path | None = setting(None, "a path")
-
-    def __post_init__(self) -> None:
-        check(self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +43,7 @@ def test_every_field_is_a_flag_of_its_type_with_its_default_shown(capsys, monkey
         "--mode {live,lossless}": "a choice (default: live)",
         "--rate X": "an optional number (default: the source's own)",
         "--sizes A[,B...]": "a list; repeat or comma-separate (default: 1,2)",
-        "--on, --no-on": "a switch (default: off)",
-        "--batch N": "a renamed one (default: 16)",
+        "--switch, --no-switch": "a switch (default: off)",
         "--folder PATH": "a path (default: none)",
         "--config FILE": "TOML file with a [probe] table; flags override it",
     }
@@ -69,10 +53,10 @@ def test_only_what_is_given_overrides_the_file_and_the_defaults(tmp_path):
     table = tmp_path / "probe.toml"
     table.write_text('[probe]\nname = "from-file"\nmode = "lossless"\n')
     args = probe_parser().parse_args(["--config", str(table), "--mode", "live", "--sizes", "3,4", "--sizes", "5",
-                                      "--on", "--batch", "2", "--folder", "f"])
+                                      "--switch", "--rate", "2", "--folder", "f"])
     assert settings(args, Probe, "probe") == Probe(name="from-file", mode="live", sizes=(3, 4, 5), on=True,
-                                                   max_batch=2, folder=Path("f"))
-    assert settings(probe_parser().parse_args(["--no-on"]), Probe, "probe") == Probe()
+                                                   rate=2.0, folder=Path("f"))
+    assert settings(probe_parser().parse_args(["--no-switch"]), Probe, "probe") == Probe()
     assert settings(probe_parser().parse_args([]), Probe, "probe", name="extra") == Probe(name="extra")
 
 
@@ -82,9 +66,9 @@ def test_a_bad_flag_is_one_usage_line_and_a_bad_value_one_error_line(capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err == ("fetalhead probe: error: argument --mode: invalid choice: 'fast' "
                                        "(choose from 'live', 'lossless')\n")
-    args = probe_parser().parse_args(["--batch", "0"])
+    args = probe_parser().parse_args(["--rate", "-1"])
     assert run(lambda: settings(args, Probe, "probe")) == 1
-    assert capsys.readouterr().err == "fetalhead: error: probe.max_batch: must be >= 1, got 0\n"
+    assert capsys.readouterr().err == "fetalhead: error: probe.rate: must be > 0, got -1.0\n"
 
 
 def test_a_field_without_help_text_is_refused():
@@ -99,4 +83,4 @@ def test_run_turns_interrupts_into_exit_130(capsys):
     assert run(interrupted) == 130
     assert run(lambda: None) == 0
     with pytest.raises(ConfigError):
-        settings(probe_parser().parse_args(["--rate", "-1", "--batch", "0"]), Probe, "probe")
+        settings(probe_parser().parse_args(["--rate", "-1"]), Probe, "probe")
