@@ -19,8 +19,9 @@ Bad input never stops the worker: a message that does not decode, a frame
 the model cannot take, or one that ZeroMQ refused for its size is dropped,
 logged in one line (rate-limited per class, ``net.Throttled``) and counted
 in the heartbeat as ``rejected.<class>``; the frames socket is a
-``net.Inbox``, which reconnects what ZeroMQ closed. A stream whose frame shape changes is scored on (the
-preprocessing resizes every frame) and gets one ``warning`` Status.
+``net.Inbox``, which reconnects what ZeroMQ closed. A stream whose frame
+shape changes is scored on (the preprocessing resizes every frame) and gets
+one ``warning`` Status.
 """
 
 from __future__ import annotations
