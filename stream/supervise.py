@@ -55,9 +55,13 @@ class Backoff:
         self.initial, self.maximum, self.factor = initial, maximum, factor
         self.attempts = 0
 
+    def delay(self, attempt: int) -> float:
+        """The delay before retry number ``attempt`` (0 for the first), in seconds."""
+        return min(self.maximum, self.initial * self.factor ** attempt)
+
     def next(self) -> float:
         """The delay before the next attempt, in seconds."""
-        delay = min(self.maximum, self.initial * self.factor ** self.attempts)
+        delay = self.delay(self.attempts)
         self.attempts += 1
         return delay
 
@@ -118,7 +122,6 @@ class ProcessSpec:
 @dataclasses.dataclass
 class _Child:
     spec: ProcessSpec
-    backoff: Backoff
     proc: subprocess.Popen | None = None
     restarts: int = 0
     restart_at: float | None = None
@@ -173,8 +176,9 @@ class Supervisor:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
         if stop_timeout_s <= 0:
             raise ValueError(f"stop_timeout_s must be > 0, got {stop_timeout_s}")
-        Backoff(backoff_s, max_backoff_s)  # checks the delays even when there is no spec
-        self.children = [_Child(spec, Backoff(backoff_s, max_backoff_s)) for spec in specs]
+        # One schedule for all: a child's restarts so far say where it is on it.
+        self.backoff = Backoff(backoff_s, max_backoff_s)
+        self.children = [_Child(spec) for spec in specs]
         self.max_restarts = max_restarts
         self.stop_timeout_s = stop_timeout_s
         self.cwd = cwd
@@ -235,7 +239,7 @@ class Supervisor:
                     logger.error("%s (pid %d) exited with %d; no restarts left (%d used), stopping",
                                  child.spec.name, child.proc.pid, code, child.restarts)
                     return code
-                delay = child.backoff.next()
+                delay = self.backoff.delay(child.restarts)
                 child.restart_at = now + delay
                 logger.warning("%s (pid %d) exited with %d; restart %d of %d in %.1f s", child.spec.name,
                                child.proc.pid, code, child.restarts + 1, self.max_restarts, delay)

@@ -170,12 +170,15 @@ def test_supervisor_checks_its_arguments():
         ProcessSpec("a", ())
 
 
-def test_supervisor_restarts_back_off_by_doubling(supervisors):
+def test_supervisor_restarts_back_off_by_doubling(supervisors, caplog):
     sup = supervisors([ProcessSpec("crashy", (PY, "-c", "import sys; sys.exit(3)"))], max_restarts=3,
-                      backoff_s=0.05, max_backoff_s=0.1)
+                      backoff_s=0.1, max_backoff_s=0.2)
     sup.start()
-    assert poll_until_done(sup) == 3
-    assert [c.backoff.attempts for c in sup.children] == [3]
+    with caplog.at_level(logging.WARNING, logger="stream.supervise"):
+        assert poll_until_done(sup) == 3
+    assert sup.restarts() == {"crashy": 3}
+    waits = [r.getMessage().rpartition(" in ")[2] for r in caplog.records if "; restart " in r.getMessage()]
+    assert waits == ["0.1 s", "0.2 s", "0.2 s"]
     with pytest.raises(ValueError, match="initial <= maximum"):
         Supervisor([], backoff_s=2.0, max_backoff_s=1.0)
 
@@ -185,6 +188,7 @@ def test_supervisor_restarts_back_off_by_doubling(supervisors):
 
 def test_backoff_doubles_up_to_its_maximum_and_resets():
     backoff = Backoff(0.5, 8.0)
+    assert [backoff.delay(i) for i in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert [backoff.next() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     backoff.reset()
     assert backoff.next() == 0.5
