@@ -187,7 +187,7 @@ class WorkerProcess:
         self.frames_addr, self.scores_addr = net.free_tcp_address(), net.free_tcp_address()
         kind = zmq.PUSH if mode == "lossless" else zmq.PUB
         self.frames = net.socket(kind, bind=self.frames_addr, hwm=64 if mode == "lossless" else 4)
-        self.scores = net.socket(zmq.SUB, connect=self.scores_addr, subscribe=[b""])
+        self.scores = net.Subscriber(self.scores_addr)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             subcommand("worker", "--model", str(model), "--sub", self.frames_addr, "--pub", self.scores_addr,
@@ -201,17 +201,13 @@ class WorkerProcess:
             raise FetalheadError(f"{exc}{': ' + why.strip().splitlines()[-1] if why.strip() else ''}") from None
 
     def scores_of(self, n: int, timeout: float) -> list:
-        from stream import net, protocol
+        """The scores that arrive until there are ``n`` (all of a batch that arrives at once) or ``timeout``."""
+        from stream import protocol
 
         out = []
         deadline = time.monotonic() + timeout
         while len(out) < n and time.monotonic() < deadline:
-            data = net.recv(self.scores, 1.0)
-            if data is None:
-                continue
-            message = protocol.decode(data)
-            if isinstance(message, protocol.Score):
-                out.append(message)
+            out += [m for m in self.scores.receive(1.0) if isinstance(m, protocol.Score)]
         return out
 
     def close(self) -> None:
@@ -222,7 +218,7 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
         self.frames.close(linger=0)
-        self.scores.close(linger=0)
+        self.scores.close()
 
 
 def _stream_rows(backbone: str, config: BenchConfig, frames: list[np.ndarray], model: Path) -> list[Row]:
