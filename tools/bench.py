@@ -13,6 +13,9 @@ Sections (``--sections``):
   end-to-end model; lossless replay throughput against offline batched
   scoring of the same frames; live-mode p50/p99 latency with a 30 fps
   source against one frame's compute, and the worker's memory.
+- ``view``: the live worker's per-frame cost and p99 latency with a
+  ``fetalhead view`` and a WebSocket client reading all it pushes (a
+  browser), against the same worker without them.
 - ``training``: the real k-fold run (5 folds and the final model, in one
   pack) on a small synthetic dataset for 3 epochs, scaled to 50 by its
   measured epoch time, against one backbone pass over the same frames and
@@ -45,7 +48,7 @@ from models.errors import FetalheadError
 from models.settings import check, setting
 from stream.supervise import rss_bytes, subcommand, wait_ready
 
-SECTIONS = ("backbones", "stream", "training")
+SECTIONS = ("backbones", "stream", "view", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +182,7 @@ def bench_backbone(backbone: str, bundle, config: BenchConfig) -> list[Row]:
 class WorkerProcess:
     """A real ``fetalhead worker`` process, its frames fed from here and its scores read here."""
 
-    def __init__(self, model: Path, mode: str) -> None:
+    def __init__(self, model: Path, mode: str, *extra: str) -> None:
         import zmq
 
         from stream import net
@@ -191,7 +194,7 @@ class WorkerProcess:
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             subcommand("worker", "--model", str(model), "--sub", self.frames_addr, "--pub", self.scores_addr,
-                       "--mode", mode, "--heartbeat", "0.5"),
+                       "--mode", mode, "--heartbeat", "0.5", *extra),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # Launch to the first heartbeat not marked ``loading``: the model is loaded and warm.
         try:
@@ -302,31 +305,9 @@ def _stream_rows(backbone: str, config: BenchConfig, frames: list[np.ndarray], m
 
     # Live mode: a 30 fps source, the worker keeping only the newest frame.
     worker = WorkerProcess(model, "live")
-    latencies, memory = [], []
-    done = threading.Event()
-
-    def source() -> None:
-        seq = 0
-        next_at = time.monotonic()
-        while not done.is_set():
-            worker.frames.send(message("live", seq, frames[seq % len(frames)]))
-            seq += 1
-            next_at += 1.0 / config.live_fps
-            time.sleep(max(0.0, next_at - time.monotonic()))
-
-    feeder = threading.Thread(target=source, daemon=True)
     try:
-        feeder.start()
-        warm_until = time.monotonic() + max(2.0, 3 * bare)
-        end = warm_until + config.live_seconds
-        while time.monotonic() < end:
-            for score in worker.scores_of(1, 1.0):
-                if time.monotonic() > warm_until:
-                    latencies.append(score.latency)
-                    memory.append((rss_bytes(worker.process.pid) or math.nan) / 2**20)
+        latencies, _, memory = live_run(worker, frames, config, warm_s=max(2.0, 3 * bare))
     finally:
-        done.set()
-        feeder.join(5)
         worker.close()
     compute = max(bare, rolling)
     if latencies:
@@ -338,6 +319,135 @@ def _stream_rows(backbone: str, config: BenchConfig, frames: list[np.ndarray], m
         rows.append(Row("stream", backbone, "live worker memory at end", memory[-1], "MiB", memory[0],
                         "memory at start", "~1"))
     return rows
+
+
+def live_run(worker: WorkerProcess, frames: list[np.ndarray], config: BenchConfig,
+             warm_s: float) -> tuple[list[float], list[float], list[float]]:
+    """Feed ``worker`` at ``config.live_fps`` for ``warm_s`` + ``config.live_seconds``; after the warm-up,
+    every score's latency (s) and per-frame cost in the worker (received -> published, s), and the worker's
+    memory (MiB) at each."""
+    from stream import protocol
+
+    latencies, costs, memory = [], [], []
+    done = threading.Event()
+
+    def source() -> None:
+        seq = 0
+        next_at = time.monotonic()
+        while not done.is_set():
+            image = frames[seq % len(frames)]
+            worker.frames.send(protocol.encode(protocol.frame_message("live", seq, image, t_capture=time.time())))
+            seq += 1
+            next_at += 1.0 / config.live_fps
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    feeder = threading.Thread(target=source, daemon=True)
+    try:
+        feeder.start()
+        warm_until = time.monotonic() + warm_s
+        end = warm_until + config.live_seconds
+        while time.monotonic() < end:
+            for score in worker.scores_of(1, 1.0):
+                if time.monotonic() > warm_until:
+                    latencies.append(score.latency)
+                    costs.append(score.t_scored - score.t_received)
+                    memory.append((rss_bytes(worker.process.pid) or math.nan) / 2**20)
+    finally:
+        done.set()
+        feeder.join(5)
+    return latencies, costs, memory
+
+
+class ViewProcess:
+    """A real ``fetalhead view`` on a worker's scores, and a WebSocket client that reads all it pushes.
+
+    The client stands for a browser on another screen: it takes every state
+    and image as fast as they come, which is the most a browser can ask of
+    the viewer.
+    """
+
+    def __init__(self, scores_addr: str) -> None:
+        import queue
+
+        from stream import net
+
+        port = int(net.free_tcp_address().rpartition(":")[2])
+        self.process = subprocess.Popen(subcommand("view", "--sub", scores_addr, "--addr", f"127.0.0.1:{port}"),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+        try:
+            line = lines.get(timeout=120)
+        except queue.Empty:
+            self.process.kill()
+            raise FetalheadError("bench: fetalhead view did not start in 120 s") from None
+        self.url = line.split("open ", 1)[1].split()[0]
+        self.states = self.images = 0
+        self._done = threading.Event()
+        self._client = threading.Thread(target=self._read, daemon=True)
+        self._client.start()
+
+    def _read(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def client() -> None:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(self.url.rstrip("/") + "/ws") as ws:
+                    while not self._done.is_set():
+                        try:
+                            msg = await ws.receive(timeout=0.5)
+                        except asyncio.TimeoutError:
+                            continue
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            self.states += 1
+                        elif msg.type == aiohttp.WSMsgType.BINARY:
+                            self.images += 1
+                        else:
+                            return
+
+        asyncio.run(client())
+
+    def close(self) -> None:
+        self._done.set()
+        self._client.join(5)
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def bench_view(backbone: str, config: BenchConfig, frames: list[np.ndarray], model: Path) -> list[Row]:
+    """The live worker's per-frame cost and latency with a ``fetalhead view`` and a connected browser, against
+    the same worker without them, side by side in this run (the viewer's frames come with --forward-frames)."""
+    measured = {}
+    for name, extra in (("without", ()), ("with", ("--forward-frames",))):
+        worker = WorkerProcess(model, "live", *extra)
+        viewer = ViewProcess(worker.scores_addr) if name == "with" else None
+        try:
+            latencies, costs, _ = live_run(worker, frames, config, warm_s=3.0)
+            seconds = config.live_seconds
+        finally:
+            if viewer is not None:
+                viewer.close()
+            worker.close()
+        if not costs:
+            raise FetalheadError(f"bench: the live worker {name} a viewer gave no score")
+        measured[name] = statistics.median(costs), float(np.percentile(latencies, 99))
+        if viewer is not None:
+            images = viewer.images / (seconds + 3.0)
+    (cost, p99), (base_cost, base_p99) = measured["with"], measured["without"]
+    baseline = "the same worker without a viewer"
+    return [
+        Row("view", backbone, f"worker per frame, live {config.live_fps:g} fps, with `fetalhead view` + a browser",
+            cost * 1e3, "ms", base_cost * 1e3, baseline, "<= 1.05"),
+        Row("view", backbone, "live p99 latency with `fetalhead view` + a browser", p99 * 1e3, "ms",
+            base_p99 * 1e3, baseline, ""),
+        Row("view", backbone, "images the browser got", images, "images/s"),
+    ]
 
 
 def import_seconds() -> float:
@@ -454,6 +564,9 @@ def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None)
             if "stream" in config.sections:
                 rows += repeated(f"{backbone}: streaming",
                                  lambda: _stream_rows(backbone, config, frames, Path(tmp) / f"{backbone}.fhb"))
+            if "view" in config.sections:
+                rows += repeated(f"{backbone}: live worker with and without the web view",
+                                 lambda: bench_view(backbone, config, frames, Path(tmp) / f"{backbone}.fhb"))
             if "training" in config.sections:
                 # A folder per run: a second run in the first's would find its features cached and folds done.
                 rows += repeated(f"{backbone}: training",

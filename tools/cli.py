@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "capture": "publish frames from a device, video file, scan folder or synthetic source",
     "worker": "score every frame of the subscribed streams with a model bundle",
     "watch": "live view of the scores of every stream",
+    "view": "live web page: each stream's image with its verdict, score timeline and health",
     "record": "write scores to CSV and annotated frames to a video",
     "run": "capture, worker and viewer as supervised processes",
     "keys": "make CURVE key pairs to encrypt and authenticate the stream links",

@@ -23,6 +23,9 @@ def test_bench_prints_every_figure_with_its_baseline(tmp_path, capsys):
                      "feature extraction (one backbone pass)"):
         assert expected in figures
     assert any(f.startswith("live p99 latency") for f in figures)
+    (view,) = [row for row in rows if row["section"] == "view" and row["unit"] == "ms" and "per frame" in row["figure"]]
+    assert view["baseline_name"] == "the same worker without a viewer"
+    assert any(row["figure"] == "images the browser got" for row in rows)
     kfold = [row for row in rows if row["figure"].startswith("k-fold run, 5 folds x 50 epochs")]
     assert {row["baseline_name"] for row in kfold} == {"one backbone pass over the same frames",
                                                       "backbone inside every step (seed's way)"}

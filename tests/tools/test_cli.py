@@ -51,6 +51,7 @@ BAD_FLAGS = [
     (["worker", "--model", "m.fhb", "--batch", "x"], "argument --batch: invalid int value: 'x'"),
     (["watch", "--interval", "often"], "argument --interval: invalid float value: 'often'"),
     (["record", "--fps", "fast"], "argument --fps: invalid float value: 'fast'"),
+    (["view", "--max-fps", "many"], "argument --max-fps: invalid float value: 'many'"),
     (["run", "synthetic", "--mode", "fast"], "argument --mode: invalid choice: 'fast' (choose from 'live', 'lossless')"),
     (["keys"], "the following arguments are required: folder"),
     (["soak", "--minutes", "long"], "argument --minutes: invalid float value: 'long'"),
@@ -66,11 +67,12 @@ BAD_TABLES = [
     (["worker", "--model", "m.fhb"], "[worker]\nwarn_interval_s = -1\n", "worker.warn_interval_s: must be >= 0, got -1"),
     (["watch"], "[watch]\ninterval_s = 0\n", "watch.interval_s: must be > 0, got 0.0"),
     (["record"], '[record]\ncsv = "s.csv"\nfps = 0\n', "record.fps: must be in (0, 1000], got 0.0"),
+    (["view"], '[view]\naddr = "0.0.0.0:8000"\n', "view.addr: 0.0.0.0 is not a loopback address"),
     (["run", "synthetic", "--model", "m.fhb"], "[run]\nrestarts = -1\n", "run.restarts: must be >= 0, got -1"),
     (["capture", "synthetic"], '[capture]\nallow = "keys/"\n', "capture.allow: needs keys (--keys DIR) to turn CURVE on"),
     (["soak"], "[soak]\nfps = 0\n", "soak.fps: must be > 0, got 0.0"),
     (["demo"], "[demo]\nfolds = 1\n", "demo.folds: must be >= 2, got 1"),
-    (["bench"], '[bench]\nsections = ["fast"]\n', "bench.sections: 'fast' is not one of backbones, stream, training"),
+    (["bench"], '[bench]\nsections = ["fast"]\n', "bench.sections: 'fast' is not one of backbones, stream, view, training"),
 ]
 
 
