@@ -61,6 +61,7 @@ TOKEN_COOKIE = "fetalhead_token"
 # Points a stream's timeline keeps, whatever its rate: 60 s at 120 fps.
 _MAX_POINTS = 7200
 _RECEIVE_S = 0.02
+_LAST_PUSH_S = 1.0
 _STATIC = {"/": ("index.html", "text/html"), "/view.js": ("view.js", "text/javascript"),
            "/view.css": ("view.css", "text/css")}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
@@ -205,6 +206,12 @@ class ViewState:
         line.count += 1
         line.verdict = {"verdict": class_name(verdict.head), "since_seq": verdict.since_seq,
                         "since_t": verdict.since_t, "pending": verdict.pending, "changed": verdict.changed}
+
+    @property
+    def ended(self) -> bool:
+        """Every stream seen has ended."""
+        with self._lock:
+            return self.board.all_ended
 
     def encode_due(self, now: float | None = None) -> int:
         """Encode the frames that are due; returns how many were encoded."""
@@ -359,11 +366,19 @@ async def _drain_client(ws: web.WebSocketResponse) -> None:
 
 def _subscribe(state: ViewState, stop: threading.Event, failed: list[BaseException]) -> None:
     try:
+        ended_at = None
         with subscriber(state.config) as sub:
             while not stop.is_set():
                 for msg in sub.receive(_RECEIVE_S):
                     state.update(msg)
                 state.encode_due()
+                if state.config.until_eos and state.ended:
+                    ended_at = ended_at or time.monotonic()
+                    # The browsers get the last state before the page goes away.
+                    if time.monotonic() - ended_at >= _LAST_PUSH_S:
+                        stop.set()
+                else:
+                    ended_at = None
     except BaseException as exc:
         failed.append(exc)
         stop.set()

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 
 import cv2
 import numpy as np
 import pytest
+import zmq
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from models.errors import ConfigError
 from models.verdict import smooth
 from stream import protocol
-from stream.view import CSP, TOKEN_COOKIE, ViewConfig, ViewState, downscale, image_message, make_app
+from stream.view import CSP, TOKEN_COOKIE, ViewConfig, ViewState, downscale, image_message, make_app, view
 from tests.stream.conftest import T0, score
 
 TOKEN = "a-token-of-at-least-16-chars"
@@ -213,3 +215,22 @@ def test_the_websocket_pushes_the_state_then_each_new_image_once():
         assert all("probe1" not in t["points"] for t in texts[1:])
 
     serve_app(state, None, check)
+
+
+def test_with_until_eos_the_view_stops_after_every_stream_ended(sockets, address, background):
+    addr = address()
+    pub = sockets(zmq.PUB, bind=addr)
+    urls = []
+    task = background(lambda stop: view(ViewConfig(sub=addr, addr="127.0.0.1:0", until_eos=True), stop,
+                                        on_ready=urls.append))
+    # Scores until the subscription has surely settled, then only the end of stream.
+    for seq in range(40):
+        pub.send(protocol.encode(score(seq, 0.9)))
+        time.sleep(0.025)
+    end = time.monotonic() + 20
+    while time.monotonic() < end and task.thread.is_alive():
+        pub.send(protocol.encode(protocol.EndOfStream("probe1", 39, "eof", T0)))
+        time.sleep(0.1)
+    state = task.join()
+    assert urls and urls[0].startswith("http://127.0.0.1:")
+    assert state.ended and state.board.streams["probe1"].scores > 0
