@@ -217,13 +217,8 @@ def test_the_websocket_pushes_the_state_then_each_new_image_once():
     serve_app(state, None, check)
 
 
-def test_with_until_eos_the_view_stops_after_every_stream_ended(sockets, address, background):
-    addr = address()
-    pub = sockets(zmq.PUB, bind=addr)
-    urls = []
-    task = background(lambda stop: view(ViewConfig(sub=addr, addr="127.0.0.1:0", until_eos=True), stop,
-                                        on_ready=urls.append))
-    # Scores until the subscription has surely settled, then only the end of stream.
+def feed_until_it_stops(pub, task):
+    """Scores until the view's subscription has surely settled, then only the end of stream, until it stops."""
     for seq in range(40):
         pub.send(protocol.encode(score(seq, 0.9)))
         time.sleep(0.025)
@@ -231,6 +226,32 @@ def test_with_until_eos_the_view_stops_after_every_stream_ended(sockets, address
     while time.monotonic() < end and task.thread.is_alive():
         pub.send(protocol.encode(protocol.EndOfStream("probe1", 39, "eof", T0)))
         time.sleep(0.1)
+
+
+def test_with_until_eos_the_view_stops_after_every_stream_ended(sockets, address, background):
+    addr = address()
+    pub = sockets(zmq.PUB, bind=addr)
+    urls = []
+    task = background(lambda stop: view(ViewConfig(sub=addr, addr="127.0.0.1:0", until_eos=True), stop,
+                                        on_ready=urls.append))
+    feed_until_it_stops(pub, task)
     state = task.join()
     assert urls and urls[0].startswith("http://127.0.0.1:")
     assert state.ended and state.board.streams["probe1"].scores > 0
+
+
+def test_with_keys_the_view_is_a_curve_client_of_the_worker(tmp_path, sockets, address, background):
+    from stream import keys
+
+    keys.make_keys(tmp_path, keys.DEFAULT_NAMES)
+    addr = address()
+    pub = sockets(zmq.PUB, bind=addr, curve=keys.server_keys(tmp_path, "worker"))
+    task = background(lambda stop: view(ViewConfig(sub=addr, addr="127.0.0.1:0", until_eos=True, keys=tmp_path),
+                                        stop))
+    feed_until_it_stops(pub, task)
+    assert task.join().board.streams["probe1"].scores > 0
+
+
+def test_a_missing_key_stops_the_view_before_it_serves(tmp_path, address):
+    with pytest.raises(ConfigError, match="client.key_secret"):
+        view(ViewConfig(sub=address(), addr="127.0.0.1:0", keys=tmp_path))
