@@ -1,6 +1,11 @@
 """Settings of training (``TrainConfig``) and of the dataset check (``CheckConfig``).
 
-TrainConfig's defaults are the seed's: focal loss 2.0/0.79, Adam 1e-5, batch 8, 50 epochs.
+TrainConfig's defaults are the seed's: focal loss 2.0/0.79, Adam 1e-5, batch 8, 50 epochs,
+but for one: Adam's learning rate depends on what is trained. The seed's 1e-5
+suits a head on frozen pretrained features over 24,000 frames; a network whose
+backbone trains from random weights on a few hundred frames barely moves at
+it, so with ``train_backbone`` the default is ``SCRATCH_LEARNING_RATE``
+(measured: docs/training.md).
 """
 
 from __future__ import annotations
@@ -9,6 +14,10 @@ import dataclasses
 from typing import Literal
 
 from models.settings import check, setting
+
+
+SEED_LEARNING_RATE = 1e-5
+SCRATCH_LEARNING_RATE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +40,9 @@ class TrainConfig:
     final_epochs: int | None = setting(None, "epochs of the final model", shown="the folds' median best epoch")
     final: bool = setting(True, "train the final model on every non-holdout scan and write the bundle")
     batch_size: int = setting(8, "windows per training batch")
-    learning_rate: float = setting(1e-5, "Adam's learning rate")
+    learning_rate: float | None = setting(None, "Adam's learning rate",
+                                          shown=f"{SEED_LEARNING_RATE:g} for a frozen backbone, "
+                                                f"{SCRATCH_LEARNING_RATE:g} with --train-backbone")
     focal_gamma: float = setting(2.0, "focusing parameter of the focal loss")
     focal_alpha: float = setting(0.79, "weight of the Head class in the focal loss")
     early_stopping: bool = setting(True, "stop a fold when its validation loss stops improving")
@@ -49,6 +60,10 @@ class TrainConfig:
     progress: bool = setting(True, "draw progress bars")
 
     def __post_init__(self) -> None:
+        if self.learning_rate is None:
+            # Resolved here so that the report, the bundle and a resumed run all record the value used.
+            object.__setattr__(self, "learning_rate",
+                               SCRATCH_LEARNING_RATE if self.train_backbone else SEED_LEARNING_RATE)
         check(self.folds >= 2, f"folds: must be >= 2, got {self.folds}")
         check(self.fold is None or 0 <= self.fold < self.folds,
               f"fold: must be 0..{self.folds - 1} for {self.folds} folds, got {self.fold}")

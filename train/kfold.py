@@ -44,7 +44,7 @@ from train.data import Scan, load_dataset
 from train.files import replacing, write_json
 from train.folds import scan_folds
 from train.metrics import METRIC_NAMES, binary_metrics, choose_threshold
-from train.trainer import Member, Windows, compile_with_xla, epoch_steps, fit_pack
+from train.trainer import Member, Windows, compile_with_xla, epoch_steps, fit_pack, read_history
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +307,9 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
 
     Returns a summary: ``run`` folder, ``folds`` results, ``cross_validation``
     (``summarise``'s figures; None when only one fold was run), ``bundle``
-    path (None without the final model) and ``report`` folder (None when only
-    one fold was run). ``progress`` gets the feature extraction's and every
+    path (None without the final model), ``report`` folder (None when only
+    one fold was run) and ``warnings`` (``learning_warnings``: signs the
+    model did not learn, also at the top of the report). ``progress`` gets the feature extraction's and every
     pack's epochs as tasks.
     """
     from train.report import write_report
@@ -344,13 +345,16 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     by_fold, runtime = run_folds(out, folds, todo, data, model_config, train_config, extractor, final, progress)
     results = [by_fold[i] for i in todo]
     summary: dict[str, Any] = {"run": str(out), "folds": results, "cross_validation": None, "bundle": None,
-                               "report": None}
+                               "report": None, "warnings": []}
     if train_config.fold is not None:
         return summary
 
     oof = load_fold_predictions(out, results)
     threshold = choose_threshold(oof["label"], oof["score"], train_config.threshold_rule)
     summary["cross_validation"] = summarise(results, oof, threshold)
+    histories = {f"fold {r['fold']}": read_history(out / "folds" / f"fold_{r['fold']}" / "history.csv")
+                 for r in results}
+    summary["warnings"] = learning_warnings(summary["cross_validation"], histories, train_config.learning_rate)
     holdout_predictions = None
     if train_config.final:
         epochs = final_epochs(results, train_config)
@@ -371,8 +375,35 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
         summary["bundle"] = str(save_bundle(out / "model.fhb", model_config, runtime.extractor, runtime.training_head,
                                             threshold=threshold, info=info))
     summary["report"] = str(write_report(out, model_config, train_config, results, oof, threshold,
-                                         holdout_predictions))
+                                         holdout_predictions, warnings=summary["warnings"]))
     return summary
+
+
+# A cross-validated ROC-AUC below this is reported as near chance.
+NEAR_CHANCE_AUC = 0.6
+# A training loss whose best later epoch is not below this fraction of its first epoch's did not fall.
+LOSS_FELL_TO = 0.95
+
+
+def learning_warnings(cross_validation: dict[str, Any], histories: dict[str, pd.DataFrame],
+                      learning_rate: float) -> list[str]:
+    """One line per sign that the model did not learn: ROC-AUC near or below chance, a loss that did not fall."""
+    warnings = []
+    auc = cross_validation["mean_within_scan_roc_auc"]
+    what = "mean within-scan ROC-AUC"
+    if not np.isfinite(auc):
+        auc, what = cross_validation["pooled_out_of_fold"]["roc_auc"], "pooled ROC-AUC"
+    if np.isfinite(auc) and auc < NEAR_CHANCE_AUC:
+        warnings.append(f"the cross-validated {what} is {auc:.2f}, {'below' if auc < 0.5 else 'near'} chance "
+                        f"(0.5): this model does not tell Head from Not-Head; check the labels "
+                        f"(fetalhead data check), then train longer or with another --learning-rate "
+                        f"(this run: {learning_rate:g})")
+    for name, history in histories.items():
+        loss = history["loss"].dropna().to_numpy(float) if "loss" in history else np.array([])
+        if len(loss) >= 2 and loss[1:].min() > LOSS_FELL_TO * loss[0]:
+            warnings.append(f"the training loss of {name} did not fall ({loss[0]:.4g} at the first epoch, "
+                            f"{loss[1:].min():.4g} at best): the learning rate ({learning_rate:g}) may be too low")
+    return warnings
 
 
 def data_fingerprint_of(data) -> str:

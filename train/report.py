@@ -141,10 +141,12 @@ def metrics_table(results: Sequence[dict[str, Any]], oof: pd.DataFrame, threshol
 
 def write_report(out: Path, model_config: ModelConfig, train_config: TrainConfig | None,
                  results: Sequence[dict[str, Any]], oof: pd.DataFrame, threshold: float,
-                 holdout: pd.DataFrame | None = None, *, title: str = "Cross-validation report") -> Path:
+                 holdout: pd.DataFrame | None = None, *, title: str = "Cross-validation report",
+                 warnings: Sequence[str] = ()) -> Path:
     """Write ``out/report``; returns its path.
 
     oof: per-frame out-of-fold predictions (scan, frame, label, score, fold).
+    ``warnings`` (signs the model did not learn) head the report.
     """
     folder = Path(out) / "report"
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,9 +185,14 @@ def write_report(out: Path, model_config: ModelConfig, train_config: TrainConfig
     shown = metrics[["fold", "at", *METRIC_NAMES, "tn", "fp", "fn", "tp"]]
     lines = [
         f"# {title}", "",
+        *([f"**Warning:** {w}." for w in warnings] + [""] if warnings else []),
         f"Backbone `{model_config.backbone}` ({model_config.weights} weights), image {model_config.image_size}, "
         f"window {model_config.window}. Scores are streaming-equivalent per-frame scores: frame t is scored "
         f"by the window ending at t, as the live worker scores it.", "",
+        *([f"Trained with Adam at learning rate {train_config.learning_rate:g} "
+           f"({'backbone trained too' if train_config.train_backbone else 'frozen backbone'}), "
+           f"batch {train_config.batch_size}, at most {train_config.epochs} epochs per fold.", ""]
+          if train_config is not None else []),
         f"Decision threshold: **{threshold:.4f}**"
         + (f" ({train_config.threshold_rule} rule on the pooled out-of-fold scores; each fold's own threshold "
            f"is chosen by the same rule on its training scans)." if train_config else "."), "",

@@ -83,3 +83,20 @@ def test_train_merge_needs_a_run_folder(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         train.main(["merge", str(tmp_path)])
     assert info.value.code == 2
+
+
+@pytest.mark.slow
+def test_a_run_that_did_not_learn_says_so_on_screen_and_in_the_report(capsys, tmp_path):
+    from train.synth import SynthConfig, synth_dataset
+
+    data = tmp_path / "data"
+    synth_dataset(data, SynthConfig(scans=4, frames=24, height=64, width=80))
+    out = tmp_path / "run"
+    assert train.main([str(data), "--out", str(out), "--backbone", "tiny", "--weights", "none", "--image-size", "48",
+                       "--folds", "2", "--epochs", "3", "--no-early-stopping", "--learning-rate", "1e-9",
+                       "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    warning = "the training loss of fold 0 did not fall"
+    assert f"warning: {warning}" in printed and "the learning rate (1e-09) may be too low" in printed
+    report = (out / "report" / "report.md").read_text()
+    assert f"**Warning:** {warning}" in report and "Trained with Adam at learning rate 1e-09" in report

@@ -19,3 +19,12 @@ def test_train_config_validation(values, message):
     with pytest.raises(ConfigError) as info:
         TrainConfig(**values)
     assert str(info.value) == message
+
+
+def test_the_learning_rate_default_depends_on_what_is_trained():
+    from train.config import SCRATCH_LEARNING_RATE, SEED_LEARNING_RATE
+
+    assert TrainConfig().learning_rate == SEED_LEARNING_RATE == 1e-5
+    assert TrainConfig(train_backbone=True).learning_rate == SCRATCH_LEARNING_RATE
+    assert TrainConfig(train_backbone=True, learning_rate=3e-4).learning_rate == 3e-4
+    assert TrainConfig(learning_rate=1e-2).learning_rate == 1e-2

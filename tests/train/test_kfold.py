@@ -17,7 +17,7 @@ from models.errors import FetalheadError
 from tests.train.conftest import MODEL, quick
 from train.config import TrainConfig
 from train.data import load_dataset
-from train.kfold import train
+from train.kfold import learning_warnings, train
 from train.metrics import binary_metrics
 from train.synth import SynthConfig, synth_dataset
 
@@ -50,7 +50,10 @@ def test_full_run_writes_every_report_file_and_a_loadable_bundle(phantom, full_r
     assert 0.0 <= bundle.threshold <= 1.0
     metrics = pd.read_csv(report / "metrics.csv")
     assert {"mean", "std", "pooled", "holdout"} <= set(metrics["fold"].astype(str))
-    assert "Mean ROC-AUC within each scan" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "Mean ROC-AUC within each scan" in text
+    assert f"Trained with Adam at learning rate {info['train_config']['learning_rate']:g} (frozen backbone)" in text
+    assert all(f"**Warning:** {w}." in text for w in summary["warnings"])
 
 
 def test_the_run_returns_its_cross_validation_and_reports_its_progress(full_run):
@@ -132,3 +135,32 @@ def test_train_backbone_trains_without_the_cache(phantom, tmp_path):
     assert not (tmp_path / "cache").exists()
     predictions = pd.read_csv(Path(summary["report"]) / "predictions.csv")
     assert len(predictions) == sum(len(s) for s in load_dataset(phantom))
+
+
+def cross_validation(within=0.9, pooled=0.9):
+    return {"mean_within_scan_roc_auc": within, "pooled_out_of_fold": {"roc_auc": pooled}}
+
+
+def history(*losses):
+    return pd.DataFrame({"epoch": range(len(losses)), "loss": losses, "val_loss": losses})
+
+
+def test_a_model_that_learnt_gets_no_warning():
+    assert learning_warnings(cross_validation(), {"fold 0": history(0.2, 0.1, 0.05)}, 1e-3) == []
+
+
+@pytest.mark.parametrize("within, pooled, words", [
+    (0.33, 0.4, "mean within-scan ROC-AUC is 0.33, below chance"),
+    (0.55, 0.9, "mean within-scan ROC-AUC is 0.55, near chance"),
+    (float("nan"), 0.52, "pooled ROC-AUC is 0.52, near chance"),
+])
+def test_auc_near_or_below_chance_is_one_warning_naming_the_figure(within, pooled, words):
+    (warning,) = learning_warnings(cross_validation(within, pooled), {}, 1e-5)
+    assert words in warning and "--learning-rate (this run: 1e-05)" in warning
+
+
+def test_a_loss_that_did_not_fall_is_named_per_fold():
+    warnings = learning_warnings(cross_validation(), {"fold 0": history(0.2, 0.199, 0.198),
+                                                      "fold 1": history(0.2, 0.1), "fold 2": history(0.2)}, 1e-5)
+    assert warnings == ["the training loss of fold 0 did not fall (0.2 at the first epoch, 0.198 at best): "
+                        "the learning rate (1e-05) may be too low"]
