@@ -90,16 +90,21 @@ def lost_at_start(score: protocol.Score) -> int:
     had started (live mode), so those frames never reached it and were
     never scored: lost; or this consumer started watching a stream that was
     already running, so they were scored, just not seen here: not lost.
-    The score tells the two apart. While the worker's window of the stream
-    is still filling (flag ``warmup``) and has no hole (no flag ``gap``), the
-    worker's first frame of this run is ``seq - window + 1``; the seqs before
-    it that the worker does not count as its own drops (``dropped``, all of
-    them before that frame since the window has no hole) never reached it,
-    and that count is returned. Without ``warmup`` the worker already had a
-    full window, so the consumer joined late; with ``gap`` the worker's first
-    frame cannot be told; both return 0: nothing is counted that might not
+
+    The score tells the two apart while the worker's window of the stream
+    is still filling (flag ``warmup``): then ``window`` frames are behind
+    it, and when they are consecutive the worker's first frame of this run
+    was ``seq - window + 1``. They are when ``window`` is 1 (the flag
+    ``gap`` of a window begun above seq 0 is about what came before it),
+    or when the score has no ``gap`` flag. The seqs before that first frame
+    that the worker does not count in ``dropped`` (every frame it missed
+    since its first one: with a window of consecutive frames, all of them
+    before it) never reached it, and that count is returned. Without
+    ``warmup`` the worker had a full window already, so this consumer
+    joined late; with ``gap`` and a longer window the worker's first frame
+    cannot be told: both return 0, so nothing is counted that might not
     be lost.
     """
-    if protocol.FLAG_WARMUP not in score.flags or protocol.FLAG_GAP in score.flags:
+    if protocol.FLAG_WARMUP not in score.flags or (score.window > 1 and protocol.FLAG_GAP in score.flags):
         return 0
     return max(0, score.seq - score.window + 1 - score.dropped)

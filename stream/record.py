@@ -9,12 +9,26 @@ is written to the path as given; otherwise every stream gets its own file,
 the stream id added to the name (``annotated.mp4`` -> ``annotated-probe1.mp4``).
 ``.mp4`` is written with the mp4v codec, ``.avi`` with MJPG, at the stream's
 own frame rate (``--fps``, or estimated from the frames' ``t_source`` /
-``t_capture``). Frames the worker never scored leave a hole in the seqs; the
-previous frame is repeated there so the video keeps the stream's timing.
+``t_capture``).
+
+Each frame sits above a band (``annotate``) that shows the smoothed
+verdict (``stream.consumer.StreamVerdicts``, ``--hold`` frames) in its
+colour, the score and the threshold; a score flagged ``warmup`` or ``gap``
+hatches the band and says so. Frames the worker never scored leave a hole
+in the seqs; the previous frame is repeated there, its band hatched and
+tagged ``repeated``, so the video keeps the stream's timing.
+
+The CSV has one row per score, in the columns of ``CSV_FIELDS``: ``stream``,
+``seq``, ``score`` (the worker's raw score), ``decision`` (its raw decision,
+``Head``/``Not-Head``), ``threshold``, ``flags`` (joined with ``;``),
+``latency_ms``, ``t_capture``, ``t_scored`` (unix seconds), ``model``, and
+``verdict``: the smoothed verdict after this score, what the video and
+``fetalhead watch`` show.
 
 Nothing is lost silently: a frame whose score never came is written with a
-grey "no score" label and counted, a score whose frame never came is counted,
-and both counts are reported at the end.
+grey "no score" band and counted, a score whose frame never came is counted,
+frames lost before a stream's first score are counted by the rule of
+``stream.consumer.lost_at_start``, and every count is reported at the end.
 
 ``Recorder`` holds the files and is driven with protocol messages, so tests
 need no sockets; ``annotate`` is the pure drawing; ``record`` is the socket
@@ -26,6 +40,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -33,7 +48,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -41,23 +56,34 @@ import numpy as np
 from models.classes import class_name
 from models.errors import ConfigError
 from models.settings import check, setting
-from stream import keys, net, protocol
-from stream.keys import key_name_setting, keys_setting, server_key_setting
+from models.verdict import Verdict
+from stream import consumer, protocol
+from stream.consumer import ConsumerConfig, StreamVerdicts
 from stream.stats import GapCounter
 
 logger = logging.getLogger(__name__)
 
 CSV_FIELDS = ("stream", "seq", "score", "decision", "threshold", "flags", "latency_ms", "t_capture", "t_scored",
-              "model")
+              "model", "verdict")
 CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 25.0
 
-# BGR colours of the annotation.
+# BGR colours of the annotation's band, and the ink on each: black on green and grey, white on red
+# (contrast ratios about 9:1, 6:1 and 6:1, readable at arm's length).
 HEAD_COLOUR = (0, 200, 0)
 NOT_HEAD_COLOUR = (0, 0, 200)
 UNSCORED_COLOUR = (160, 160, 160)
-_BAR_BACKGROUND = (40, 40, 40)
-_THRESHOLD_MARK = (255, 255, 255)
+_INK = {HEAD_COLOUR: (0, 0, 0), NOT_HEAD_COLOUR: (255, 255, 255), UNSCORED_COLOUR: (0, 0, 0)}
+_BAR_TRACK = (40, 40, 40)
+_BAR_FILL = (240, 240, 240)
+_THRESHOLD_MARK = (0, 215, 255)
+# Warm-up, gap and repeated frames get a hatched band: stripes of the colour at this brightness.
+_HATCH_SHADE = 0.6
+_FONT = cv2.FONT_HERSHEY_DUPLEX
+_MIN_SCALE = 0.3
+# What the score flags a band shows as tags; flags not listed are not shown.
+FLAG_TAGS = {protocol.FLAG_WARMUP: "warm-up", protocol.FLAG_GAP: "gap"}
+REPEATED_TAG = "repeated"
 
 # Frames kept to estimate a stream's frame rate before its video file is opened.
 _FPS_PROBE_FRAMES = 10
@@ -72,71 +98,131 @@ _NO_FRAMES_AFTER = 50
 # --- drawing --------------------------------------------------------------------------
 
 
-def _bgr(image: np.ndarray) -> np.ndarray:
-    """A writable uint8 (H, W, 3) BGR copy of a grey, grey+1, BGR or BGRA image."""
+def _bgr(image: np.ndarray, below: int = 0) -> np.ndarray:
+    """A new uint8 (H + below, W, 3) array: a grey, grey+1, BGR or BGRA image as BGR on top, ``below``
+    rows under it for the caller to fill (one allocation and one copy of a large frame, not two)."""
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image.copy()
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    conversions = {2: cv2.COLOR_GRAY2BGR, 1: cv2.COLOR_GRAY2BGR, 3: None, 4: cv2.COLOR_BGRA2BGR}
+    channels = 2 if image.ndim == 2 else (image.shape[2] if image.ndim == 3 else 0)
+    if channels not in conversions:
+        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    height, width = image.shape[:2]
+    out = np.empty((height + below, width, 3), np.uint8)
+    code = conversions[channels]
+    out[:height] = image if code is None else cv2.cvtColor(image[:, :, 0] if channels == 1 else image, code)
+    return out
 
 
-def _text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, colour: tuple[int, int, int]) -> None:
-    thickness = max(1, round(scale * 2))
-    # A dark outline keeps the label readable on bright tissue.
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 1, cv2.LINE_AA)
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+def band_height(height: int, width: int) -> int:
+    """Pixels of the band ``annotate`` adds below an image of that size.
+
+    It grows with the image, so the text is as readable at 1080p as at
+    480p, and makes the annotated frame's height even (what video codecs want).
+    """
+    band = max(36, round(min(height, width) * 0.16))
+    return band + (height + band) % 2
 
 
-def border_width(height: int, width: int) -> int:
-    """Pixels of the coloured border ``annotate`` draws on an image of that size."""
-    return max(2, min(height, width) // 60)
+def tags_of(flags: Sequence[str]) -> tuple[str, ...]:
+    """The band tags of a score's flags (``FLAG_TAGS``), in the flags' order."""
+    return tuple(FLAG_TAGS[f] for f in flags if f in FLAG_TAGS)
 
 
-def annotate(image: np.ndarray, score: float | None, threshold: float, decision: bool | None = None) -> np.ndarray:
-    """The frame with its score drawn on: uint8 (H, W) or (H, W, 3) in -> new uint8 (H, W, 3) BGR.
+def _text_scale(text: str, height: float, width: float) -> float:
+    """The font scale at which ``text`` is ``height`` pixels tall, shrunk to fit in ``width``."""
+    (w, h), _ = cv2.getTextSize(text, _FONT, 1.0, 1)
+    return max(0.1, min(height / h, width / w))
 
-    Draws a coloured border (green for Head, red for Not-Head), the label
-    ``"Head 0.93"`` / ``"Not-Head 0.12"`` top left, and a horizontal score
-    bar along the bottom with a white mark at ``threshold``. ``decision``
-    None means ``score >= threshold``. ``score`` None marks a frame whose
-    score never arrived: a grey "no score" label, no border. The input is
-    not modified.
+
+def _thickness(scale: float) -> int:
+    return max(1, round(scale * 1.5))
+
+
+def _put(image: np.ndarray, text: str, x: int, baseline: int, scale: float, colour: tuple[int, int, int]) -> int:
+    """Draw ``text`` with its baseline at ``baseline``; returns its width."""
+    cv2.putText(image, text, (x, baseline), _FONT, scale, colour, _thickness(scale), cv2.LINE_AA)
+    return _width(text, scale)
+
+
+def _width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, _FONT, scale, _thickness(scale))[0][0]
+
+
+def annotate(image: np.ndarray, score: float | None, threshold: float, decision: bool | None = None, *,
+             verdict: bool | None = None, tags: Sequence[str] = ()) -> np.ndarray:
+    """The frame above a band that shows its verdict: uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) in ->
+    new uint8 (H + band_height(H, W), W, 3) BGR.
+
+    The image itself is copied unchanged (the verdict hides nothing of the
+    scan); the band below it is green for Head and red for Not-Head, with
+    the verdict written large on the left (black on green, white on red),
+    the score and threshold on the right, and a score bar along its
+    bottom with an amber mark at ``threshold``. ``verdict`` is the verdict
+    shown (the smoothed one); None shows ``decision``, and ``decision``
+    None means ``score >= threshold``. ``tags`` (e.g. ``tags_of(flags)``:
+    ``warm-up``, ``gap``, or ``repeated``) are written in boxes after the
+    verdict and hatch the band: such a score stands on fewer frames than
+    the model's window, or the frame is a stand-in. ``score`` None marks a
+    frame whose score never arrived: a grey band that says "no score".
     """
     if score is not None and not 0.0 <= score <= 1.0:
         raise ValueError(f"score must be in [0, 1] or None, got {score}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    out = _bgr(image)
-    height, width = out.shape[:2]
-    edge = border_width(height, width)
-    scale = max(0.4, min(height, width) / 400)
-    text_y = edge + max(10, round(24 * scale))
+    height, width = image.shape[:2]
+    band = band_height(height, width)
+    out = _bgr(image, band)
     if score is None:
-        _text(out, "no score", (edge + 4, text_y), scale, UNSCORED_COLOUR)
-        return out
-    head = score >= threshold if decision is None else bool(decision)
-    colour = HEAD_COLOUR if head else NOT_HEAD_COLOUR
-    cv2.rectangle(out, (0, 0), (width - 1, height - 1), colour, edge)
+        head, colour = None, UNSCORED_COLOUR
+    else:
+        head = bool(verdict) if verdict is not None else (score >= threshold if decision is None else bool(decision))
+        colour = HEAD_COLOUR if head else NOT_HEAD_COLOUR
+    ink = _INK[colour]
+    # A view of the rows below the scan, contiguous, so OpenCV draws into ``out`` (and far faster than numpy fills).
+    strip = out[height:]
+    cv2.rectangle(strip, (0, 0), (width - 1, band - 1), colour, -1)
+    if tags:
+        stripe = max(3, band // 6)
+        dark = tuple(round(c * _HATCH_SHADE) for c in colour)
+        for x in range(0, width + band, 2 * stripe):
+            corners = [(x + stripe, 0), (x + 2 * stripe, 0), (x + 2 * stripe - band, band), (x + stripe - band, band)]
+            cv2.fillConvexPoly(strip, np.array(corners, np.int32), dark)
 
-    bar_h = max(4, height // 30)
-    x0, x1 = edge + 4, width - edge - 5
-    y1 = height - edge - 4
-    y0 = y1 - bar_h
-    if x1 > x0 and y0 > edge:
-        cv2.rectangle(out, (x0, y0), (x1, y1), _BAR_BACKGROUND, -1)
+    pad = max(2, band // 12)
+    bar_h = max(4, band // 5)
+    bar_y1 = band - pad
+    bar_y0 = bar_y1 - bar_h
+    text_h = max(6.0, (bar_y0 - 2 * pad) * 0.75)
+    baseline = bar_y0 - pad - round((bar_y0 - 2 * pad - text_h) / 2)
+    label = "no score" if head is None else class_name(head)
+    scale = _text_scale("Not-Head", text_h, width * 0.45)
+    x = pad + _put(strip, label, pad, baseline, scale, ink) + 2 * pad
+    # Below this scale text is a few pixels tall: better left out than shown unreadable.
+    small = max(scale * 0.6, _MIN_SCALE)
+    for tag in tags:
+        tag_w = _width(tag, small)
+        if x + tag_w + 2 * pad > width - pad:
+            break
+        tag_h = cv2.getTextSize(tag, _FONT, small, _thickness(small))[0][1]
+        cv2.rectangle(strip, (x, baseline - tag_h - pad), (x + tag_w + 2 * pad, baseline + pad), ink, -1)
+        _put(strip, tag, x + pad, baseline, small, colour)
+        x += tag_w + 3 * pad
+    if score is not None:
+        for text in (f"score {score:.2f}  threshold {threshold:.2f}", f"{score:.2f} / {threshold:.2f}",
+                     f"{score:.2f}"):
+            if x + _width(text, small) <= width - pad:
+                _put(strip, text, width - pad - _width(text, small), baseline, small, ink)
+                break
+        x0, x1 = pad, width - pad - 1
+        cv2.rectangle(strip, (x0, bar_y0), (x1, bar_y1), _BAR_TRACK, -1)
         filled = x0 + round((x1 - x0) * score)
         if filled > x0:
-            cv2.rectangle(out, (x0, y0), (filled, y1), colour, -1)
+            cv2.rectangle(strip, (x0, bar_y0), (filled, bar_y1), _BAR_FILL, -1)
         mark = x0 + round((x1 - x0) * threshold)
-        cv2.line(out, (mark, y0 - 2), (mark, y1 + 2), _THRESHOLD_MARK, max(1, edge // 2))
-    _text(out, f"{class_name(head)} {score:.2f}", (edge + 4, text_y), scale, colour)
+        mark_w = max(1, bar_h // 4)
+        cv2.line(strip, (mark, bar_y0 - pad // 2), (mark, min(band - 1, bar_y1 + pad // 2)), _BAR_TRACK, mark_w + 2)
+        cv2.line(strip, (mark, bar_y0 - pad // 2), (mark, min(band - 1, bar_y1 + pad // 2)), _THRESHOLD_MARK, mark_w)
     return out
 
 
@@ -163,13 +249,14 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def csv_row(score: protocol.Score) -> dict[str, str]:
-    """A Score as a CSV row of CSV_FIELDS; flags joined with ';'."""
+def csv_row(score: protocol.Score, verdict: bool) -> dict[str, str]:
+    """A Score and the smoothed verdict after it as a CSV row of CSV_FIELDS; flags joined with ';'."""
     return {
         "stream": score.stream, "seq": str(score.seq), "score": f"{score.score:.6f}",
         "decision": class_name(score.decision), "threshold": f"{score.threshold:.6f}",
         "flags": ";".join(score.flags), "latency_ms": f"{score.latency * 1000:.3f}",
         "t_capture": f"{score.t_capture:.6f}", "t_scored": f"{score.t_scored:.6f}", "model": score.model,
+        "verdict": class_name(verdict),
     }
 
 
@@ -191,8 +278,8 @@ class ScoreCsv:
             self._writer.writeheader()
         self._flushed_at = time.monotonic()
 
-    def write(self, score: protocol.Score) -> None:
-        self._writer.writerow(csv_row(score))
+    def write(self, score: protocol.Score, verdict: bool) -> None:
+        self._writer.writerow(csv_row(score, verdict))
         self.rows += 1
         if time.monotonic() - self._flushed_at >= self.flush_s:
             self.flush()
@@ -227,8 +314,9 @@ class StreamVideo:
 
     The file is opened at the first frames' size once the frame rate is
     known (``fps``, else estimated from the first frames). Frames of another
-    size are resized to it; holes in the seqs are filled by repeating the
-    previous frame, up to ``_MAX_FILL_S`` seconds.
+    size are resized to it; holes in the seqs are filled, up to
+    ``_MAX_FILL_S`` seconds, with the stand-in the previous frame came with
+    (its ``hole``), or that frame again.
     """
 
     def __init__(self, path: Path, fps: float | None = None) -> None:
@@ -243,21 +331,27 @@ class StreamVideo:
         self._size: tuple[int, int] | None = None
         self._last_seq: int | None = None
         self._last_image: np.ndarray | None = None
-        self._probe: list[tuple[int, np.ndarray, float | None]] = []
+        self._last_hole: Callable[[], np.ndarray] | None = None
+        self._probe: list[tuple[int, np.ndarray, float | None, Callable[[], np.ndarray] | None]] = []
 
-    def add(self, seq: int, image: np.ndarray, t: float | None) -> None:
-        """Append frame ``seq`` (uint8 (H, W, 3) BGR); ``t`` its t_source or t_capture."""
+    def add(self, seq: int, image: np.ndarray, t: float | None,
+            hole: Callable[[], np.ndarray] | None = None) -> None:
+        """Append frame ``seq`` (uint8 (H, W, 3) BGR); ``t`` its t_source or t_capture.
+
+        ``hole()`` makes the image that stands in for frames missing right
+        after this one, called only when some are (default: ``image`` again).
+        """
         if self._writer is None:
-            self._probe.append((seq, image, t))
+            self._probe.append((seq, image, t, hole))
             if self.fps is None and len(self._probe) < _FPS_PROBE_FRAMES:
                 return
             self._open()
         else:
-            self._write(seq, image)
+            self._write(seq, image, hole)
 
     def _open(self) -> None:
         if self.fps is None:
-            fps = estimate_fps([s for s, _, _ in self._probe], [t for _, _, t in self._probe])
+            fps = estimate_fps([s for s, _, _, _ in self._probe], [t for _, _, t, _ in self._probe])
             self.fps = fps if fps is not None else DEFAULT_FPS
             logger.info("video %s: %.2f fps (%s)", self.path, self.fps,
                         "estimated from the frames' times" if fps is not None else "default; give --fps")
@@ -271,26 +365,32 @@ class StreamVideo:
             raise ConfigError(f"video {self.path}: OpenCV cannot write {CODECS[self.path.suffix.lower()]} here")
         self._writer = writer
         probe, self._probe = self._probe, []
-        for seq, image, _ in probe:
-            self._write(seq, image)
+        for seq, image, _, hole in probe:
+            self._write(seq, image, hole)
 
-    def _write(self, seq: int, image: np.ndarray) -> None:
-        assert self._writer is not None and self._size is not None and self.fps is not None
-        if (image.shape[1], image.shape[0]) != self._size:
-            if not self.resized:
-                logger.warning("video %s: frame size changed from %dx%d to %dx%d; resizing", self.path,
-                               *self._size, image.shape[1], image.shape[0])
-            self.resized += 1
-            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        assert self._size is not None
+        if (image.shape[1], image.shape[0]) == self._size:
+            return image
+        if not self.resized:
+            logger.warning("video %s: frame size changed from %dx%d to %dx%d; resizing", self.path,
+                           *self._size, image.shape[1], image.shape[0])
+        self.resized += 1
+        return cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+
+    def _write(self, seq: int, image: np.ndarray, hole: Callable[[], np.ndarray] | None) -> None:
+        assert self._writer is not None and self.fps is not None
+        image = self._fit(image)
         if self._last_seq is not None and self._last_image is not None:
-            hole = seq - self._last_seq - 1
-            if 0 < hole <= _MAX_FILL_S * self.fps:
-                for _ in range(hole):
-                    self._writer.write(self._last_image)
-                self.filled += hole
+            missing = seq - self._last_seq - 1
+            if 0 < missing <= _MAX_FILL_S * self.fps:
+                stand_in = self._fit(self._last_hole()) if self._last_hole is not None else self._last_image
+                for _ in range(missing):
+                    self._writer.write(stand_in)
+                self.filled += missing
         self._writer.write(image)
         self.frames += 1
-        self._last_seq, self._last_image = seq, image
+        self._last_seq, self._last_image, self._last_hole = seq, image, hole
 
     def close(self) -> None:
         """Write what is still held for the frame-rate estimate, and finish the file."""
@@ -321,45 +421,38 @@ _SHOW_HOWTO = ("for windows, replace opencv-python-headless with opencv-python "
 
 
 @dataclasses.dataclass(frozen=True)
-class RecordConfig:
+class RecordConfig(ConsumerConfig):
     """Settings of ``fetalhead record`` (a ``[record]`` TOML table).
 
-    At least one of ``csv``, ``video`` and ``show``. ``stream`` None records
-    every stream (one video per stream, see the module doc). ``fps`` None
-    estimates each stream's rate. ``append`` adds to an existing CSV and
-    writes videos next to existing ones instead of over them. ``hwm`` is the
-    receive queue in messages: frames and scores must not be dropped, so it
-    is longer than a viewer's. ``keys`` makes it a CURVE client, as for
-    ``fetalhead watch``.
+    The consumer's settings (``stream.consumer.ConsumerConfig``: address,
+    stream, receive queue, verdict hold, CURVE keys), and: at least one of
+    ``csv``, ``video`` and ``show``. ``stream`` None records every stream
+    (one video per stream, see the module doc). ``fps`` None estimates each
+    stream's rate. ``append`` adds to an existing CSV and writes videos next
+    to existing ones instead of over them. ``hwm`` is longer than a
+    viewer's: frames and scores must not be dropped.
     """
 
-    sub: str = setting(net.DEFAULT_SCORES, "scores address to connect to")
+    stream: str | None = setting(None, "record only this stream (the video is written to --video as given)",
+                                 shown="every stream")
+    hwm: int = setting(256, "receive queue in messages")
     csv: Path | None = setting(None, "write every score to this CSV file")
     video: Path | None = setting(None, "write annotated frames to this .mp4 (mp4v) or .avi (MJPG); needs worker "
                                        "--forward-frames; without --stream one file per stream, named NAME-STREAM.EXT")
     show: bool = setting(False, "also show the annotated frames in a window (needs opencv-python and a display)")
-    stream: str | None = setting(None, "record only this stream (the video is written to --video as given)",
-                                 shown="every stream")
-    until_eos: bool = setting(False, "exit when every stream seen has ended, instead of running until Ctrl-C")
     fps: float | None = setting(None, "video frame rate", shown="estimated from the frames' times")
     append: bool = setting(False, "append to an existing CSV and keep existing videos (write NAME-1.EXT ...)")
     flush_s: float = setting(1.0, "seconds between flushes of the CSV file", flag="flush-interval")
-    hwm: int = setting(256, "receive queue in messages")
-    keys: Path | None = keys_setting()
-    key_name: str | None = key_name_setting("client")
-    server_key: Path | None = server_key_setting("worker")
 
     def __post_init__(self) -> None:
-        keys.check_options(self.keys, key_name=self.key_name, server_key=self.server_key)
+        super().__post_init__()
         check(self.csv is not None or self.video is not None or self.show,
               "nothing to record: give --csv, --video or --show")
-        protocol.check_stream_id(self.stream)
         if self.video is not None:
             check(self.video.suffix.lower() in CODECS,
                   f"video: {str(self.video)!r} must end in {' or '.join(CODECS)}")
         check(self.fps is None or 0 < self.fps <= 1000, f"fps: must be in (0, 1000], got {self.fps}")
         check(self.flush_s > 0, f"flush_s: must be > 0, got {self.flush_s}")
-        check(self.hwm >= 1, f"hwm: must be >= 1, got {self.hwm}")
 
     @property
     def needs_frames(self) -> bool:
@@ -372,7 +465,9 @@ class RecordStats:
 
     ``unscored_frames``: frames written without a score (it never came);
     ``frameless_scores``: scores in the CSV whose frame never came;
-    ``missing_seqs``: seqs absent from the scores (dropped or lost upstream).
+    ``missing_seqs``: seqs absent between scores (dropped or lost upstream);
+    ``lost_at_start``: frames that never reached the worker before a
+    stream's first score (``stream.consumer.lost_at_start``).
     """
 
     scores: int
@@ -384,6 +479,7 @@ class RecordStats:
     csv: Path | None
     videos: dict[str, Path]
     rejected: int = 0
+    lost_at_start: int = 0
 
 
 class Recorder:
@@ -399,9 +495,14 @@ class Recorder:
         self.videos: dict[str, StreamVideo] = {}
         self.frames: dict[str, collections.OrderedDict[int, protocol.Frame]] = collections.defaultdict(
             collections.OrderedDict)
-        self.scores: dict[str, collections.OrderedDict[int, protocol.Score]] = collections.defaultdict(
-            collections.OrderedDict)
+        # Scores waiting for their frame, with the verdict after each.
+        self.scores: dict[str, collections.OrderedDict[int, tuple[protocol.Score, Verdict]]] = (
+            collections.defaultdict(collections.OrderedDict))
+        self.verdicts = StreamVerdicts(config.hold)
         self.gaps: dict[str, GapCounter] = collections.defaultdict(GapCounter)
+        self.lost_at_start: collections.Counter[str] = collections.Counter()
+        # Streams whose next score begins a run: an end of stream came.
+        self._ended_runs: set[str] = set()
         self.score_count: collections.Counter[str] = collections.Counter()
         self.frame_count: collections.Counter[str] = collections.Counter()
         self.ended: dict[str, bool] = {}
@@ -451,16 +552,23 @@ class Recorder:
         elif isinstance(msg, protocol.EndOfStream):
             self._flush_stream(msg.stream)
             self.ended[msg.stream] = True
+            self.verdicts.end(msg.stream)
+            self._ended_runs.add(msg.stream)
             if self.csv is not None:
                 self.csv.flush()
             logger.info("stream %s ended (%s): %d scores", msg.stream, msg.reason, self.score_count[msg.stream])
 
     def _score(self, score: protocol.Score) -> None:
         self.ended[score.stream] = False
-        self.gaps[score.stream].add(score.seq)
+        gaps = self.gaps[score.stream]
+        if gaps.last is None or score.seq <= gaps.last or score.stream in self._ended_runs:
+            self._ended_runs.discard(score.stream)
+            self.lost_at_start[score.stream] += consumer.lost_at_start(score)
+        gaps.add(score.seq)
         self.score_count[score.stream] += 1
+        verdict = self.verdicts.update(score)
         if self.csv is not None:
-            self.csv.write(score)
+            self.csv.write(score, verdict.head)
         if not self.config.needs_frames:
             return
         frames = self.frames[score.stream]
@@ -469,9 +577,9 @@ class Recorder:
             self._emit(frames.pop(seq), None)
         frame = frames.pop(score.seq, None)
         if frame is not None:
-            self._emit(frame, score)
+            self._emit(frame, (score, verdict))
             return
-        self.scores[score.stream][score.seq] = score
+        self.scores[score.stream][score.seq] = (score, verdict)
         self._check_frames_come(score.stream)
 
     def _frame(self, frame: protocol.Frame) -> None:
@@ -481,9 +589,9 @@ class Recorder:
         for seq in [s for s in scores if s < frame.seq]:
             del scores[seq]
             self.frameless_scores += 1
-        score = scores.pop(frame.seq, None)
-        if score is not None:
-            self._emit(frame, score)
+        scored = scores.pop(frame.seq, None)
+        if scored is not None:
+            self._emit(frame, scored)
             return
         frames = self.frames[frame.stream]
         frames[frame.seq] = frame
@@ -503,18 +611,23 @@ class Recorder:
             scores.popitem(last=False)
             self.frameless_scores += 1
 
-    def _emit(self, frame: protocol.Frame, score: protocol.Score | None) -> None:
-        """Annotate and write one frame (score None: its score never came)."""
+    def _emit(self, frame: protocol.Frame, scored: tuple[protocol.Score, Verdict] | None) -> None:
+        """Annotate and write one frame with its score and the verdict after it (None: its score never came)."""
         try:
             image = frame.image()
         except protocol.ProtocolError as exc:
             logger.warning("frame %s#%d not recorded: %s", frame.stream, frame.seq, exc)
             return
-        if score is None:
+        hole = None
+        if scored is None:
             self.unscored_frames += 1
             annotated = annotate(image, None, 0.5)
         else:
-            annotated = annotate(image, score.score, score.threshold, score.decision)
+            score, verdict = scored
+            tags = tags_of(score.flags)
+            annotated = annotate(image, score.score, score.threshold, verdict=verdict.head, tags=tags)
+            hole = functools.partial(annotate, image, score.score, score.threshold, verdict=verdict.head,
+                                     tags=(*tags, REPEATED_TAG))
         self.frame_count[frame.stream] += 1
         if self.config.video is not None:
             video = self.videos.get(frame.stream)
@@ -523,7 +636,8 @@ class Recorder:
                 if self.config.append:
                     path = free_path(path)
                 video = self.videos[frame.stream] = StreamVideo(path, self.config.fps)
-            video.add(frame.seq, annotated, frame.t_source if frame.t_source is not None else frame.t_capture)
+            video.add(frame.seq, annotated, frame.t_source if frame.t_source is not None else frame.t_capture,
+                      hole)
         self._show(annotated)
 
     def _flush_stream(self, stream: str) -> None:
@@ -560,7 +674,8 @@ class Recorder:
             unscored_frames=self.unscored_frames, frameless_scores=self.frameless_scores,
             missing_seqs=sum(g.missing for g in self.gaps.values()),
             streams_ended=tuple(sorted(s for s, ended in self.ended.items() if ended)),
-            csv=self.config.csv, videos={s: v.path for s, v in self.videos.items()})
+            csv=self.config.csv, videos={s: v.path for s, v in self.videos.items()},
+            lost_at_start=sum(self.lost_at_start.values()))
         self._closed = stats
         return stats
 
@@ -581,6 +696,9 @@ def report(stats: RecordStats) -> None:
         logger.warning("%d frames had no score; written with a 'no score' label", stats.unscored_frames)
     if stats.frameless_scores:
         logger.warning("%d scores had no frame (not in the video)", stats.frameless_scores)
+    if stats.lost_at_start:
+        logger.warning("%d frames lost before the first score: they never reached the worker, which subscribed "
+                       "after the capture had started (--mode lossless keeps every frame)", stats.lost_at_start)
     if stats.missing_seqs:
         logger.warning("%d seqs missing between scores (frames dropped or lost upstream)", stats.missing_seqs)
     if stats.rejected:
@@ -593,8 +711,7 @@ def record(config: RecordConfig, stop_event: threading.Event | None = None) -> R
     Every file is finished on the way out, whatever ends the loop.
     """
     stop = stop_event if stop_event is not None else threading.Event()
-    curve = keys.client_keys(config.keys, config.key_name or "client", "worker", config.server_key)
-    with net.Subscriber(config.sub, config.stream, hwm=config.hwm, curve=curve) as sub:
+    with consumer.subscriber(config) as sub:
         recorder = Recorder(config)
         try:
             logger.info("recording %s from %s", config.stream or "every stream", config.sub)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from time import monotonic
 
-from rich import box
 from rich.console import Console, Group
 from rich.live import Live
+from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -192,16 +192,55 @@ def print_check_report(report, root, console: Console | None = None) -> None:
 
 # --- streams -----------------------------------------------------------------------------
 
-# Width of the score bar in the streams table, in characters.
-_BAR_WIDTH = 6
+# The sparkline's levels, lowest first, and its width in characters on a terminal and in a log line.
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+_SPARK_WIDTH = 30
+_SPARK_WIDTH_LOG = 20
+_VERDICT_STYLE = {CLASS_NAMES[HEAD]: "bold black on green", CLASS_NAMES[NOT_HEAD]: "bold white on red"}
+_IDLE_STYLE = "bold white on grey30"
 
 
-def score_bar(score: float | None, width: int = _BAR_WIDTH) -> str:
-    """``score`` in [0, 1] as a bar of block characters ``width`` wide."""
-    if score is None:
-        return " " * width
-    filled = round(max(0.0, min(1.0, score)) * width)
-    return "█" * filled + "░" * (width - filled)
+def spark_level(value: float) -> str:
+    """The sparkline character of a score in [0, 1]: ``▁`` for [0, 1/8) up to ``█`` for [7/8, 1]."""
+    return SPARK_LEVELS[min(len(SPARK_LEVELS) - 1, int(max(0.0, value) * len(SPARK_LEVELS)))]
+
+
+def spark_buckets(history, span_s: float, width: int) -> list[float | None]:
+    """The mean score of each of ``width`` equal slices of the last ``span_s`` seconds, oldest first.
+
+    ``history`` is ``StreamBoard.rows()``'s (age_s, score) pairs; a slice
+    with no score is None.
+    """
+    sums, counts = [0.0] * width, [0] * width
+    step = span_s / width
+    for age, value in history:
+        if 0 <= age < span_s:
+            i = width - 1 - min(width - 1, int(age / step))
+            sums[i] += value
+            counts[i] += 1
+    return [total / n if n else None for total, n in zip(sums, counts)]
+
+
+def sparkline(history, span_s: float, width: int = _SPARK_WIDTH) -> str:
+    """The last ``span_s`` seconds of scores as ``width`` block characters (``spark_level``), blank where none."""
+    return "".join(" " if v is None else spark_level(v) for v in spark_buckets(history, span_s, width))
+
+
+def _spark_text(history, threshold: float | None, span_s: float, width: int = _SPARK_WIDTH) -> Text:
+    """The sparkline with the slices at or above the threshold in green, the others grey."""
+    text = Text()
+    for value in spark_buckets(history, span_s, width):
+        if value is None:
+            text.append(" ")
+        else:
+            above = threshold is not None and value >= threshold
+            text.append(spark_level(value), style="bold green" if above else "grey62")
+    return text
+
+
+def _score_text(row: dict) -> str:
+    """``score 0.93  threshold 0.50 = ▅``: the last score, and the threshold with its sparkline level."""
+    return f"score {row['score']:.2f}  threshold {row['threshold']:.2f} = {spark_level(row['threshold'])}"
 
 
 def _ms(value: float | None) -> str:
@@ -212,41 +251,78 @@ def _age(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
 
 
-def _drops(row: dict) -> str:
-    return f"{row['drops']}" + (f" ({row['lost']} lost)" if row["lost"] else "")
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def _drops(row: dict, *, start: bool = True) -> str:
+    """``8 (3 lost, 3 before the first score)``: drops, lost, and with ``start`` lost before the first score."""
+    if not row["lost"]:
+        return f"{row['drops']}"
+    before = f", {row['lost_at_start']} before the first score" if start and row["lost_at_start"] else ""
+    return f"{row['drops']} ({row['lost']} lost{before})"
+
+
+def verdict_line(row: dict) -> str:
+    """The headline of a stream row: its id, the smoothed verdict and time in view, or why there is none."""
+    if row["ended"]:
+        last = f", last verdict {row['verdict']}" if row["verdict"] else ""
+        return f"{row['stream']}   ended ({row['end_reason']}){last}"
+    if row["verdict"] is None:
+        return f"{row['stream']}   waiting for scores"
+    in_view = f"   in view {_duration(row['in_view_s'])}" if row["in_view_s"] is not None else ""
+    return f"{row['stream']}   {row['verdict']}{in_view}"
+
+
+def _stream_block(row: dict, span_s: float):
+    """One stream: the verdict as a 3-line colour band, score and sparkline under it; engineering figures beside."""
+    style = _IDLE_STYLE if row["ended"] or row["verdict"] is None else _VERDICT_STYLE[row["verdict"]]
+    band = Padding(Text(verdict_line(row), justify="center"), (1, 2), style=style, expand=True)
+    score = Text("" if row["score"] is None else _score_text(row))
+    for flag in row["flags"]:
+        score.append("  ")
+        score.append(f" {flag} ", style="black on yellow")
+    spark = Text(f"last {span_s:g} s ")
+    spark.append_text(_spark_text(row["history"], row["threshold"], span_s))
+    figures = Table.grid(padding=(0, 1))
+    figures.add_column(style="dim")
+    figures.add_column()
+    for name, value in (("seq", "-" if row["seq"] is None else str(row["seq"])),
+                        ("fps in/out", f"{row['fps_in']:.1f}/{row['fps_out']:.1f}"),
+                        ("ms p50/p99", f"{_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])}"),
+                        ("drops", _drops(row, start=False)),
+                        *((("before 1st score", f"{row['lost_at_start']} lost"),) if row["lost_at_start"] else ()),
+                        ("last", "ended" if row["ended"] else _age(row["age_s"]))):
+        figures.add_row(name, value)
+    grid = Table.grid(expand=True, padding=(0, 2))
+    grid.add_column(ratio=1)
+    # One width for every stream's figures, so that they line up down the screen.
+    grid.add_column(no_wrap=True, min_width=32)
+    grid.add_row(Group(band, score, spark), figures)
+    return grid
 
 
 def render(board, now: float | None = None):
-    """A ``stream.watch.StreamBoard`` as a rich table, one row per stream, then process health and recent events."""
+    """A ``stream.watch.StreamBoard`` as rich renderables: per stream its verdict band, score, sparkline
+    and figures, then process health, warnings and recent events."""
 
     now = board.clock() if now is None else now
-    table = Table(title="fetalhead streams", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for name, justify in (("stream", "left"), ("seq", "right"), ("score", "left"), ("decision", "left"),
-                          ("fps in/out", "right"), ("ms p50/p99", "right"), ("drops", "right"),
-                          ("flags", "left"), ("last", "right")):
-        table.add_column(name, justify=justify)
+    parts = [Text(f"fetalhead streams (verdict held {board.hold} frames)", style="bold")]
     for row in board.rows(now):
-        if row["decision"] is None:
-            decision: Text | str = ""
-        elif row["decision"] == CLASS_NAMES[HEAD]:
-            decision = Text(row["decision"], style="bold black on green")
-        else:
-            decision = Text(row["decision"], style="dim")
-        score = "" if row["score"] is None else f"{row['score']:.2f} {score_bar(row['score'])}"
-        last = "ended" if row["ended"] else _age(row["age_s"])
-        table.add_row(row["stream"], "-" if row["seq"] is None else str(row["seq"]), score, decision,
-                      f"{row['fps_in']:.1f}/{row['fps_out']:.1f}",
-                      f"{_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])}", _drops(row),
-                      ",".join(row["flags"]), last)
-    parts = [table]
+        parts.append(_stream_block(row, board.history_s))
     for proc in board.processes(now):
-        parts.append(Text(process_line(proc), style="red" if proc["dead"] else ""))
+        parts.append(Text(process_line(proc), style="red" if proc["dead"] and not proc["finished"] else ""))
     for line in board.warnings(now):
         parts.append(Text(f"warning: {line}", style="bold red"))
-    for event in board.events:
-        style = {"error": "red", "warning": "yellow"}.get(event.level, "dim")
-        parts.append(Text(f"{event.stream} {event.level}: {event.message}", style=style))
+    for event in board.recent_events(now):
+        style = {"error": "red", "warning": "yellow"}.get(event["level"], "dim")
+        parts.append(Text(event_line(event), style=style))
     return Group(*parts)
+
+
+def event_line(event: dict) -> str:
+    """One status event (``StreamBoard.recent_events``) with how long ago it arrived."""
+    return f"{event['stream']} {event['level']} ({_age(event['age_s'])} ago): {event['message']}"
 
 
 def process_line(proc: dict) -> str:
@@ -262,23 +338,31 @@ def process_line(proc: dict) -> str:
         parts.append(f"rejected {proc['rejected']}" + (f" ({detail})" if detail else ""))
     rates = [f"{proc[key]:.1f} fps {name}" for name, key in (("in", "fps_in"), ("out", "fps_out"))
              if proc[key] is not None]
-    if proc["dead"]:
+    if proc["dead"] and proc["finished"]:
+        # Its last rates are history: the stream ended and the capture with it.
+        rates = ["finished with its stream"]
+    elif proc["dead"]:
         rates.append(f"silent {proc['silent_s']:.0f} s")
     return f"{proc['role']} pid {proc['pid']}: " + ", ".join([" ".join(parts)] + rates if parts else rates)
 
 
-def row_line(row: dict) -> str:
-    """One plain-text line of a stream row (``StreamBoard.rows``), for logs and non-terminal output."""
-    score = "-" if row["score"] is None else f"{row['score']:.2f}"
-    state = f" ended ({row['end_reason']})" if row["ended"] else ""
+def row_line(row: dict, span_s: float = 10.0) -> str:
+    """One plain-text line of a stream row (``StreamBoard.rows``), for logs and non-terminal output.
+
+    The verdict first, with time in view, then the score and the threshold
+    with its sparkline level, the last ``span_s`` seconds as a sparkline,
+    and the engineering figures.
+    """
+    score = "" if row["score"] is None else f" {_score_text(row)}"
+    spark = f" last {span_s:g} s {sparkline(row['history'], span_s, _SPARK_WIDTH_LOG)}" if row["history"] else ""
     flags = f" [{','.join(row['flags'])}]" if row["flags"] else ""
-    return (f"{row['stream']} seq {row['seq'] if row['seq'] is not None else '-'} score {score} "
-            f"{row['decision'] or '-'}{flags} in/out {row['fps_in']:.1f}/{row['fps_out']:.1f} fps "
-            f"p50/p99 {_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])} ms drops {_drops(row)}{state}")
+    return (f"{verdict_line(row)}{score}{spark}{flags} seq {row['seq'] if row['seq'] is not None else '-'} "
+            f"in/out {row['fps_in']:.1f}/{row['fps_out']:.1f} fps "
+            f"p50/p99 {_ms(row['latency_p50_ms'])}/{_ms(row['latency_p99_ms'])} ms drops {_drops(row)}")
 
 
 class LiveBoard:
-    """A ``stream.watch.BoardView`` for a terminal: the table, updated in place from the first update on."""
+    """A ``stream.watch.BoardView`` for a terminal: ``render``'s view, updated in place from the first update on."""
 
     def __init__(self, console: Console) -> None:
         self._live = Live(console=console, auto_refresh=False, transient=False)
@@ -294,17 +378,19 @@ class LiveBoard:
 
 
 class BoardLog:
-    """A ``stream.watch.BoardView`` for a pipe or a log file: plain lines, then the full table at the end.
+    """A ``stream.watch.BoardView`` for a pipe or a log file: plain lines, then ``render``'s view at the end.
 
-    Every ``interval_s`` it prints a line per stream that got scores since
-    the last time, and each alert once, when it starts.
+    Every ``interval_s`` it prints a line per stream that got scores or
+    ended since the last time, each status event once, and each alert
+    once, when it starts.
     """
 
     def __init__(self, console: Console, interval_s: float) -> None:
         self.console = console
         self.interval_s = interval_s
         self.clock = monotonic
-        self._printed: dict[str, int] = {}
+        self._printed: dict[str, tuple[int, bool]] = {}
+        self._event_number = 0
         self._alerted: set[str] = set()
         self._next = self.clock() + interval_s
 
@@ -313,12 +399,19 @@ class BoardLog:
             return
         self._next += self.interval_s
         for row in board.rows():
-            if self._printed.get(row["stream"]) != row["scores"]:
-                self._printed[row["stream"]] = row["scores"]
-                self.console.print(row_line(row), highlight=False, soft_wrap=True)
+            state = (row["scores"], row["ended"])
+            if self._printed.get(row["stream"]) != state:
+                self._printed[row["stream"]] = state
+                # Not markup: rich would take the flags' [brackets] for a style and drop them.
+                self.console.print(row_line(row, board.history_s), highlight=False, markup=False, soft_wrap=True)
+        for event in board.recent_events():
+            if event["number"] > self._event_number:
+                self._event_number = event["number"]
+                self.console.print(f"{event['stream']} {event['level']}: {event['message']}", highlight=False,
+                                   markup=False, soft_wrap=True)
         alerts = board.alerts()
         for key in alerts.keys() - self._alerted:
-            self.console.print(f"warning: {alerts[key]}", highlight=False, soft_wrap=True)
+            self.console.print(f"warning: {alerts[key]}", highlight=False, markup=False, soft_wrap=True)
         self._alerted = set(alerts)
 
     def close(self, board) -> None:

@@ -1,4 +1,4 @@
-"""``fetalhead watch``: a live table of every stream's scores and of the processes' health."""
+"""``fetalhead watch``: every stream's smoothed verdict, scores and figures, and the processes' health, live."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from tools.render import board_view
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("watch", "Live view of the scores of every stream and of the worker's health.")
+    p = parser("watch", "Live view of every stream's verdict (smoothed over --hold frames), scores and figures, "
+                        "and of the worker's health.")
     add_settings(p, WatchConfig)
     add_config(p, "watch")
     args = p.parse_args(argv)
