@@ -47,11 +47,10 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from models.classes import class_name
 from models.errors import ConfigError
 from models.settings import check, setting
 from stream import keys, protocol
-from stream.consumer import ConsumerConfig, StreamVerdicts, subscriber
+from stream.consumer import ConsumerConfig, subscriber
 from stream.watch import StreamBoard
 
 logger = logging.getLogger(__name__)
@@ -159,7 +158,6 @@ class _Timeline:
 
     points: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=_MAX_POINTS))
     count: int = 0
-    verdict: dict | None = None
 
 
 class ViewState:
@@ -176,8 +174,8 @@ class ViewState:
     def __init__(self, config: ViewConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        self.board = StreamBoard(clock=clock)
-        self.verdicts = StreamVerdicts(config.hold)
+        # The board's verdicts are the ones shown: the same hysteresis as watch and record.
+        self.board = StreamBoard(clock=clock, hold=config.hold)
         self._lock = threading.Lock()
         self._timelines: dict[str, _Timeline] = {}
         self._newest: dict[str, protocol.Frame] = {}
@@ -195,17 +193,13 @@ class ViewState:
                     self._newest[msg.stream] = msg
             elif isinstance(msg, protocol.Score):
                 self._score(msg)
-            elif isinstance(msg, protocol.EndOfStream):
-                self.verdicts.end(msg.stream)
 
     def _score(self, msg: protocol.Score) -> None:
-        verdict = self.verdicts.update(msg)
+        verdict = self.board.streams[msg.stream].verdict
         line = self._timelines.setdefault(msg.stream, _Timeline())
         line.points.append((msg.seq, msg.t_capture, msg.score, int(verdict.head), int(msg.decision),
                             protocol.FLAG_WARMUP in msg.flags, protocol.FLAG_GAP in msg.flags))
         line.count += 1
-        line.verdict = {"verdict": class_name(verdict.head), "since_seq": verdict.since_seq,
-                        "since_t": verdict.since_t, "pending": verdict.pending, "changed": verdict.changed}
 
     @property
     def ended(self) -> bool:
@@ -249,11 +243,11 @@ class ViewState:
             for row in rows:
                 name = row["stream"]
                 line = self._timelines.get(name)
-                verdict = dict(line.verdict) if line and line.verdict else {"verdict": None, "since_t": None}
-                in_view = (max(0.0, line.points[-1][1] - verdict["since_t"])
-                           if line and verdict["verdict"] == class_name(True) else None)
+                verdict = self.board.streams[name].verdict
                 image = self._images.get(name)
-                streams.append({**_jsonable(row), **verdict, "in_view_s": in_view,
+                # The page draws its own timeline from the points; the board's short history is for watch.
+                shown = {k: v for k, v in row.items() if k != "history"}
+                streams.append({**_jsonable(shown), "since_seq": verdict.since_seq if verdict else None,
                                 "image_seq": image.seq if image else None})
                 if line is not None:
                     have = cursor.get(name, 0)
@@ -265,7 +259,7 @@ class ViewState:
                     cursor[name] = line.count
             processes = [_jsonable({k: v for k, v in p.items() if k != "stats"}) for p in self.board.processes(now)]
             alerts = list(self.board.alerts(now).values())
-            events = [{"level": e.level, "stream": e.stream, "message": e.message} for e in self.board.events]
+            events = [{k: e[k] for k in ("level", "stream", "message", "age_s")} for e in self.board.recent_events(now)]
         return {"type": "state", "now": now, "history_s": self.config.history_s, "hold": self.config.hold,
                 "streams": streams, "points": points, "processes": processes, "alerts": alerts, "events": events}
 
