@@ -58,7 +58,7 @@ def demo(config: DemoConfig) -> int:
     from models.config import ModelConfig
     from stream.net import signal_stop
     from stream.run import RunConfig, run_pipeline
-    from tools.render import print_fold_table, progress
+    from tools.render import print_fold_table, print_warnings, progress
     from train.config import TrainConfig
     from train.data import load_scan
     from train.kfold import train
@@ -84,6 +84,7 @@ def demo(config: DemoConfig) -> int:
     summary = train(data, run_dir, model_config, train_config, progress=bars)
     bundle_path = Path(summary["bundle"])
     print_fold_table(summary["folds"], summary["cross_validation"])
+    print_warnings(summary["warnings"])
 
     console.rule(f"3. live replay of {holdout}: capture -> worker -> watch + record")
     csv_path, video_path = out / "scores.csv", out / "annotated.mp4"

@@ -10,6 +10,7 @@ import os
 from time import monotonic
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.live import Live
 from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -118,6 +119,14 @@ def print_training(summary, fold: int | None, console: Console | None = None) ->
         console.print(f"report: [bold]{summary['report']}/report.md[/]")
     if fold is not None:
         console.print(f"fold {fold} done in {summary['run']}; combine folds with `fetalhead train merge`")
+    print_warnings(summary["warnings"], console)
+
+
+def print_warnings(warnings, console: Console | None = None) -> None:
+    """One highlighted line per warning of a run (``train.kfold.learning_warnings``)."""
+    console = console or Console()
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def print_merge(summary, console: Console | None = None) -> None:

@@ -63,7 +63,8 @@ def test_train_seed_flag_is_the_trainings_not_the_models(monkeypatch, tmp_path):
 
     def fake_train(data_root, out, model_config, train_config, progress):
         seen.update(model=model_config, train=train_config)
-        return {"run": str(out), "folds": [], "cross_validation": None, "bundle": None, "report": None}
+        return {"run": str(out), "folds": [], "cross_validation": None, "bundle": None, "report": None,
+                "warnings": []}
 
     monkeypatch.setattr("train.kfold.train", fake_train)
     config = tmp_path / "fh.toml"

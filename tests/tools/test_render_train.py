@@ -46,11 +46,22 @@ def test_the_fold_table_has_every_metric_and_the_summary_rows():
 def test_training_says_where_the_bundle_and_report_are_or_how_to_merge():
     c, out = console()
     print_training({"run": "r", "folds": FOLDS, "cross_validation": SUMMARY, "bundle": "r/model.fhb",
-                    "report": "r/report"}, None, c)
+                    "report": "r/report", "warnings": []}, None, c)
     assert "model bundle: r/model.fhb" in out.getvalue() and "report: r/report/report.md" in out.getvalue()
+    assert "warning" not in out.getvalue()
     c, out = console()
-    print_training({"run": "r", "folds": FOLDS[:1], "cross_validation": None, "bundle": None, "report": None}, 0, c)
+    print_training({"run": "r", "folds": FOLDS[:1], "cross_validation": None, "bundle": None, "report": None,
+                    "warnings": []}, 0, c)
     assert "fold 0 done in r; combine folds with `fetalhead train merge`" in out.getvalue()
+
+
+def test_training_ends_with_each_warning_on_its_own_line():
+    c, out = console()
+    warnings = ["the cross-validated pooled ROC-AUC is 0.41, below chance [0.5]", "the loss did not fall"]
+    print_training({"run": "r", "folds": FOLDS, "cross_validation": SUMMARY, "bundle": "r/model.fhb",
+                    "report": "r/report", "warnings": warnings}, None, c)
+    lines = out.getvalue().splitlines()
+    assert lines[-2:] == [f"warning: {w}" for w in warnings]
 
 
 def test_merge_says_how_to_train_the_final_model():

@@ -50,8 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = train(args.data, args.out, model_config, train_config,
                         progress=render.progress(train_config.progress))
         render.print_training(summary, train_config.fold)
-        for warning in summary["warnings"]:
-            print(f"warning: {warning}")
         return 0
 
     return run(work, verbose=args.verbose)
