@@ -12,8 +12,11 @@ A bundle is a zip file::
 command-line flags, then loads the weights. Only weights are read from the
 file: no code, no pickle, and no Keras config is deserialised, which is
 stricter than Keras's safe mode. Only the three members above are read, so
-anything else in the zip is ignored; bundle.json's fields are type-checked
-and the members' stated sizes capped before anything is read.
+anything else in the zip is ignored; bundle.json's fields are type-checked,
+its nesting and every model setting bounded (``ModelConfig``), and the
+members' stated sizes capped before anything is read. A damaged file (a
+flipped byte, a corrupt compressed member) is a one-line ``BundleError``
+naming the member, like every other problem with a bundle.
 
 A bundle made with another preprocessing version (``PREPROCESS_VERSION``)
 is refused: its weights were fitted to inputs this code no longer makes.
@@ -22,6 +25,7 @@ is refused: its weights were fitted to inputs this code no longer makes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,7 +34,7 @@ import platform
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 
@@ -50,6 +54,9 @@ _FIRST_PREPROCESS_VERSION = 1
 _MEMBERS = ("bundle.json", "extractor.weights.h5", "head.weights.h5")
 # Far above any real bundle (VGG19's weights are 80 MB), far below a zip bomb's claims.
 _MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "extractor.weights.h5": 2 << 30, "head.weights.h5": 2 << 30}
+# bundle.json written by ``save`` is 4 levels deep; whoever reads its info later may recurse.
+_MAX_JSON_DEPTH = 32
+_MAX_CLASS_NAME = 64
 
 
 def package_versions() -> dict[str, str]:
@@ -119,24 +126,27 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"model bundle {path}: not found")
     if path.is_dir():
         raise BundleError(f"model bundle {path}: is a folder, expected a bundle file")
+    with _open_zip(path) as zf:
+        names = set(zf.namelist())
+        missing = [m for m in _MEMBERS if m not in names]
+        if missing:
+            raise BundleError(f"model bundle {path}: not a fetalhead bundle (missing {', '.join(missing)})")
+        for member, cap in _MAX_MEMBER_BYTES.items():
+            size = zf.getinfo(member).file_size
+            if size > cap:
+                raise BundleError(f"model bundle {path}: {member} is {size} bytes unpacked, more than "
+                                  f"the {cap} a bundle may hold")
+        with _unpacking(path, "bundle.json"):
+            text = zf.read("bundle.json")
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            missing = [m for m in _MEMBERS if m not in names]
-            if missing:
-                raise BundleError(f"model bundle {path}: not a fetalhead bundle (missing {', '.join(missing)})")
-            for member, cap in _MAX_MEMBER_BYTES.items():
-                size = zf.getinfo(member).file_size
-                if size > cap:
-                    raise BundleError(f"model bundle {path}: {member} is {size} bytes unpacked, more than "
-                                      f"the {cap} a bundle may hold")
-            meta = json.loads(zf.read("bundle.json"))
-    except zipfile.BadZipFile:
-        raise BundleError(f"model bundle {path}: not a fetalhead bundle or truncated (not a complete zip file)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = json.loads(text)
+    except RecursionError:
+        raise BundleError(f"model bundle {path}: bundle.json is nested more than {_MAX_JSON_DEPTH} levels "
+                          "deep") from None
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, and integers of over 4300 digits
         raise BundleError(f"model bundle {path}: bundle.json is not valid JSON") from None
-    except (zipfile.LargeZipFile, OSError, EOFError) as exc:
-        raise BundleError(f"model bundle {path}: cannot be read ({exc})") from None
+    if _depth(meta) > _MAX_JSON_DEPTH:
+        raise BundleError(f"model bundle {path}: bundle.json is nested more than {_MAX_JSON_DEPTH} levels deep")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"model bundle {path}: not a fetalhead bundle (bundle.json has no format {FORMAT!r})")
     version = meta.get("format_version")
@@ -152,6 +162,45 @@ def read_meta(path: str | Path) -> dict[str, Any]:
                           f"preprocesses frames with version {PREPROCESS_VERSION}: retrain the model "
                           "(fetalhead train) to use it")
     return meta
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """The bundle as an open zip file; BundleError when it is not one."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise BundleError(f"model bundle {path}: not a fetalhead bundle or truncated "
+                          "(not a complete zip file)") from None
+    except (zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise BundleError(f"model bundle {path}: cannot be read ({exc})") from None
+
+
+@contextlib.contextmanager
+def _unpacking(path: Path, member: str) -> Iterator[None]:
+    """Turn any failure to unpack ``member`` into one BundleError line naming it."""
+    try:
+        yield
+    # zipfile lets each decompressor's own error through (zlib.error, lzma.LZMAError, ...)
+    # besides its own BadZipFile for a bad header or CRC.
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"model bundle {path}: {member} is damaged, it cannot be unpacked ({first})") from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON lists and tables nest in ``value`` (a scalar is 0), without recursing."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > _MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _is_number(value: Any) -> bool:
@@ -170,11 +219,13 @@ def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
          "a number in [0, 1]"),
         ("class_names", "class_names" not in meta or (
             isinstance(meta["class_names"], list) and len(meta["class_names"]) == 2
-            and all(isinstance(c, str) and c for c in meta["class_names"])), "two class names"),
+            and all(isinstance(c, str) and 0 < len(c) <= _MAX_CLASS_NAME for c in meta["class_names"])),
+         f"two class names of 1 to {_MAX_CLASS_NAME} characters"),
         ("feature_dim", meta.get("feature_dim") is None or _is_integer(meta["feature_dim"]), "an integer"),
         ("preprocess_version", "preprocess_version" not in meta or _is_integer(meta["preprocess_version"]),
          "an integer"),
         ("info", isinstance(meta.get("info", {}), dict), "a table"),
+        ("versions", isinstance(meta.get("versions", {}), dict), "a table"),
     )
     for name, ok, what in checks:
         if not ok:
@@ -184,27 +235,35 @@ def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
 
 
 def load(path: str | Path) -> Bundle:
-    """Rebuild the models from the bundle's own config and load its weights."""
+    """Rebuild the models from the bundle's own config and load its weights.
+
+    The weights are unpacked (and their checksums checked) before any model
+    is built, so a damaged bundle fails at once.
+    """
     path = Path(path)
     meta = read_meta(path)
     try:
         config = from_mapping(ModelConfig, {**meta["config"], "weights": "none"})
     except (ConfigError, TypeError, KeyError) as exc:
         raise BundleError(f"model bundle {path}: bad config ({exc})") from None
-    try:
-        extractor = build_feature_extractor(config, weights="none")
-    except WeightsError as exc:
-        raise BundleError(f"model bundle {path}: {exc}") from None
-    feature_dim = int(extractor.output_shape[-1])
-    if meta.get("feature_dim") not in (None, feature_dim):
-        raise BundleError(f"model bundle {path}: config builds {config.backbone} with {feature_dim} features "
-                          f"but the bundle says {meta['feature_dim']}")
-    head = build_temporal_head(config, feature_dim)
-    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path) as zf:
+    with tempfile.TemporaryDirectory() as tmp:
+        with _open_zip(path) as zf:
+            unpacked = {}
+            for member in ("extractor.weights.h5", "head.weights.h5"):
+                with _unpacking(path, member):
+                    unpacked[member] = zf.extract(member, tmp)
+        try:
+            extractor = build_feature_extractor(config, weights="none")
+        except WeightsError as exc:
+            raise BundleError(f"model bundle {path}: {exc}") from None
+        feature_dim = int(extractor.output_shape[-1])
+        if meta.get("feature_dim") not in (None, feature_dim):
+            raise BundleError(f"model bundle {path}: config builds {config.backbone} with {feature_dim} features "
+                              f"but the bundle says {meta['feature_dim']}")
+        head = build_temporal_head(config, feature_dim)
         for member, model in (("extractor.weights.h5", extractor), ("head.weights.h5", head)):
-            target = zf.extract(member, tmp)
             try:
-                load_weights_strict(model, target)
+                load_weights_strict(model, unpacked[member])
             except Exception as exc:  # Keras raises ValueError or h5py errors here
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise BundleError(f"model bundle {path}: {member} does not match the config's "

@@ -6,9 +6,19 @@ import dataclasses
 import typing
 
 from models.errors import ConfigError
-from models.settings import check, setting
+from models.settings import check, setting, shown
 
 BACKBONES = ("vgg19", "mobilenetv2", "efficientnetb0", "tiny")
+
+# The most each setting may be. A bundle's config is untrusted input: without
+# bounds a window of 1e6 builds for minutes into gigabytes before anything fails.
+# Each is far above what the design or any sensible variant of it uses.
+MAX_WINDOW = 256
+MAX_UNITS = 4096
+MAX_ROI = 65535  # pixels, for each of x, y, w and h
+# Layers seed their initialisers and dropout with seed + a small offset, and
+# the backends take 32-bit seeds.
+MAX_SEED = 2**31 - 1 - 16
 
 
 def parse_roi(value: str) -> str | tuple[int, int, int, int]:
@@ -20,9 +30,11 @@ def parse_roi(value: str) -> str | tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"roi: {value!r} is not 'auto', 'none' or 'x,y,w,h'") from None
+        raise ConfigError(f"roi: {shown(value)} is not 'auto', 'none' or 'x,y,w,h'") from None
     if x < 0 or y < 0 or w <= 0 or h <= 0:
-        raise ConfigError(f"roi: {value!r} needs x, y >= 0 and w, h > 0")
+        raise ConfigError(f"roi: {shown(value)} needs x, y >= 0 and w, h > 0")
+    if max(x, y, w, h) > MAX_ROI:
+        raise ConfigError(f"roi: {shown(value)} needs x, y, w and h at most {MAX_ROI}")
     return (x, y, w, h)
 
 
@@ -32,7 +44,9 @@ class ModelConfig:
 
     ``weights`` is ``imagenet`` (Keras cache), ``none`` (random) or a path to a
     ``.weights.h5`` file for the backbone. ``roi`` is ``auto``, ``none`` or
-    ``x,y,w,h`` in raw-frame pixels.
+    ``x,y,w,h`` in raw-frame pixels. Every setting is checked against a
+    range (the ``MAX_*`` above for sizes), since a bundle's config is read
+    from a file that anyone may have written.
     """
 
     backbone: typing.Literal["vgg19", "mobilenetv2", "efficientnetb0", "tiny"] = setting(
@@ -57,12 +71,16 @@ class ModelConfig:
         check(self.backbone != "tiny" or self.image_size >= 43,
               f"image_size: backbone tiny needs at least 43, got {self.image_size}")
         check(self.window >= 1, f"window: must be >= 1, got {self.window}")
+        check(self.window <= MAX_WINDOW, f"window: must be at most {MAX_WINDOW}, got {self.window}")
         check(all(u >= 1 for u in self.lstm_units), f"lstm_units: must be >= 1, got {self.lstm_units}")
-        check(self.dense_units >= 1, f"dense_units: must be >= 1, got {self.dense_units}")
+        check(all(u <= MAX_UNITS for u in self.lstm_units),
+              f"lstm_units: must be at most {MAX_UNITS}, got {self.lstm_units}")
+        check(1 <= self.dense_units <= MAX_UNITS, f"dense_units: must be 1..{MAX_UNITS}, got {self.dense_units}")
         for name in ("recurrent_dropout", "dropout", "head_dropout"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, f"{name}: must be in [0, 1), got {value}")
         check(0 <= self.roi_threshold <= 255, f"roi_threshold: must be 0..255, got {self.roi_threshold}")
+        check(0 <= self.seed <= MAX_SEED, f"seed: must be 0..{MAX_SEED}, got {self.seed}")
         object.__setattr__(self, "roi", _roi_text(parse_roi(self.roi)))
 
     @property

@@ -34,6 +34,18 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
 
 
+# Longest shown value in an error: a value from an untrusted file (a bundle's
+# config) can be a megabyte, and the error must stay one readable line.
+_SHOWN_CHARS = 60
+_INT64 = 1 << 63
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to a readable length for an error message."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 3] + "..."
+
+
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -50,17 +62,17 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 return _coerce(value, arg, name)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{name}: {value!r} is not valid")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{name}: {shown(value)} is not valid")
     if origin is typing.Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{name}: {value!r} is not one of {allowed}")
+            raise ConfigError(f"{name}: {shown(value)} is not one of {allowed}")
         return value
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], name) for v in value)
         if len(value) != len(args):
@@ -68,33 +80,37 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         return tuple(_coerce(v, a, name) for v, a in zip(value, args))
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{name}: expected a table, got {value!r}")
+            raise ConfigError(f"{name}: expected a table, got {shown(value)}")
         return from_mapping(hint, value, prefix=f"{name}.")
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        raise ConfigError(f"{name}: expected true or false, got {shown(value)}")
     if hint is int:
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         try:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name}: expected an integer, got {shown(value)}") from None
+        # TOML's own range; no setting means anything near it.
+        if not -_INT64 <= number < _INT64:
+            raise ConfigError(f"{name}: {shown(value)} is out of range (a 64-bit integer)")
+        return number
     if hint is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name}: expected a number, got {shown(value)}") from None
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
+            raise ConfigError(f"{name}: expected a string, got {shown(value)}")
         return str(value)
     if hint is Path:
         return Path(value)
@@ -114,7 +130,8 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], *, prefix: str = "") -
         name = key.replace("-", "_")
         if name not in fields:
             allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"{prefix}{key}: unknown setting (known: {allowed})")
+            plain = name.isidentifier() and len(name) <= _SHOWN_CHARS
+            raise ConfigError(f"{prefix}{key if plain else shown(key)}: unknown setting (known: {allowed})")
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
     try:
         return cls(**kwargs)

@@ -14,8 +14,9 @@ nothing however late the worker starts; a live PUB publishes from its first
 frame, and subscribers that connect later miss what went before (frames are
 expendable in live mode).
 
-Problems of the source (a device lost and retried, a file that ends early)
-go out as ``status`` messages on the frames socket as well as to the log.
+Problems of the source (a device lost and retried, frames of a damaged file
+left out, a file that ends early) go out as ``status`` messages on the
+frames socket as well as to the log; frames left out are a gap in ``seq``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class CaptureConfig:
     rate; ``hwm`` None picks 4 frames in lossless mode (backpressure
     reaches the capture quickly) and 16 in live mode; ``max_frames`` None
     is no limit. ``fps`` and ``loop`` are also how the command opens its
-    source.
+    source. ``on_bad_frame`` says what a frame that the source had to leave
+    out does: ``skip`` goes on after it, ``stop`` ends the stream there.
     A device that fails is reopened after ``retry_initial_s``, doubling up
     to ``retry_max_s`` while it keeps failing. ``keys`` turns CURVE on for
     the frames socket (see ``stream.keys``): the capture's key pair
@@ -108,6 +110,8 @@ class CaptureConfig:
     hwm: int | None = setting(None, "send queue in frames", shown="4 lossless, 16 live")
     allow_remote: bool = setting(False, "allow binding a non-loopback address (frames are encrypted only with --keys)")
     max_frames: int | None = setting(None, "stop after this many frames", shown="no limit")
+    on_bad_frame: Literal["skip", "stop"] = setting(
+        "skip", "a frame of a file or scan folder that cannot be read: skip it (a gap in seq) or end the stream")
     retry_initial_s: float = setting(0.5, "seconds before reopening a device that failed", flag="retry-initial")
     retry_max_s: float = setting(8.0, "longest wait between reopening tries (the wait doubles up to it)",
                                  flag="retry-max")
@@ -288,12 +292,25 @@ def capture(source: Source, config: CaptureConfig = CaptureConfig(),
 
 
 def _publish_frames(source: Source, pub: _Publisher, config: CaptureConfig) -> str:
-    """Send frames until the source ends, the limit is reached or ``pub.stop`` is set; returns the reason."""
+    """Send frames until the source ends, the limit is reached or ``pub.stop`` is set; returns the reason.
+
+    A frame's seq counts the source's frames before it, sent or left out
+    (``Source.missing``), so a frame of a file keeps its index there and a
+    damaged stretch is a gap. With ``config.on_bad_frame`` ``stop`` the first
+    frame left out ends the stream; a source that ended with frames missing
+    ends it with reason ``error``.
+    """
     lossless = config.mode == "lossless"
     pacer = Pacer(None if config.fast or source.realtime else (config.fps or source.fps))
-    seq = 0
+    yielded = 0
+    missing_before = source.missing
     backoff = Backoff(config.retry_initial_s, config.retry_max_s)
     for image, t_source in _frames_with_retry(source, pub, backoff):
+        missing = source.missing - missing_before
+        if missing and config.on_bad_frame == "stop":
+            return "error"
+        seq = yielded + missing
+        yielded += 1
         if pub.stop.is_set() or not pub.sleep(pacer.due_in(time.monotonic())):
             return "stopped"
         msg = protocol.frame_message(pub.stream, seq, image, encoding=config.encoding, t_source=t_source)
@@ -303,8 +320,9 @@ def _publish_frames(source: Source, pub: _Publisher, config: CaptureConfig) -> s
         pacer.sent(time.monotonic())
         pub.last_seq = seq
         pub.frames_out += 1
-        seq += 1
         pub.beat_if_due()
         if config.max_frames is not None and pub.frames_out >= config.max_frames:
             return "max_frames"
-    return "stopped" if pub.stop.is_set() else "eof"
+    if pub.stop.is_set():
+        return "stopped"
+    return "error" if source.missing > missing_before else "eof"

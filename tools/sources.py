@@ -11,15 +11,15 @@ package does not import. Every bad source is a one-line ``SourceError``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Generator, Iterator
 
 import numpy as np
 
 from models.errors import DataError
-from stream.sources import DEFAULT_FPS, DeviceSource, Source, SourceError, VideoFileSource
+from stream.sources import DEFAULT_FPS, DeviceSource, Source, SourceError, VideoFileSource, play_video
 
 if TYPE_CHECKING:
-    from train.data import Scan
+    from train.data import Problem, Scan
 
 SYNTHETIC = "synthetic"
 SYNTHETIC_FPS = 30.0
@@ -28,7 +28,9 @@ SYNTHETIC_FPS = 30.0
 class ScanFolderSource(Source):
     """A scan folder in the training data format (see ``train.data``), at ``fps`` (default 25).
 
-    A looped folder is retried when it goes missing or unreadable.
+    A frame that cannot be read is left out with a warning (``Source.skip``):
+    the frames after it keep their index. A looped folder is retried when it
+    goes missing or unreadable.
     """
 
     def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False) -> None:
@@ -40,7 +42,7 @@ class ScanFolderSource(Source):
         self.retry = loop
 
     def _load(self) -> Scan:
-        """The scan, checked; SourceError naming the folder's first fatal problem."""
+        """The scan, checked; SourceError naming the folder's first fatal problem and its file."""
         # Imported here: pandas and the data checks are needed for a scan folder only.
         from train.data import load_scan
 
@@ -48,24 +50,64 @@ class ScanFolderSource(Source):
         if scan is None:
             fatal = [p for p in problems if p.fatal]
             more = f" (and {len(fatal) - 1} more problems)" if len(fatal) > 1 else ""
-            raise SourceError(f"scan folder {self.path}: {fatal[0].message if fatal else 'cannot be read'}{more}")
+            first = self._where(fatal[0]) if fatal else "cannot be read"
+            raise SourceError(f"scan folder {self.path}: {first}{more}")
         if len(scan) == 0:
             raise SourceError(f"scan folder {self.path}: no frames")
         return scan
 
+    def _where(self, problem: Problem) -> str:
+        """A problem's text led by its file (the folder's own problems as they are)."""
+        if problem.path == self.path:
+            return problem.message
+        row = f" row {problem.row}" if problem.row is not None else ""
+        return f"{self._relative(problem.path)}{row}: {problem.message}"
+
+    def _relative(self, path: Path) -> str:
+        """``path`` as seen from the folder, since every message already names the folder."""
+        try:
+            return str(path.relative_to(self.path))
+        except ValueError:
+            return str(path)
+
     def reopen(self) -> None:
         self.scan = self._load()
 
+    def _play_frames(self) -> Generator[tuple[np.ndarray, float], None, int]:
+        from train.data import read_image
+
+        played = 0
+        unreadable: list[tuple[int, Path, str]] = []  # the frames since the last good one
+        for index, path in enumerate(self.scan.frame_files):
+            try:
+                image = read_image(path)
+            except DataError as exc:
+                unreadable.append((index, path, str(exc).removeprefix(f"{path}: ")))
+                continue
+            if unreadable:
+                self._leave_out(unreadable)
+                unreadable = []
+            yield image, index / self.fps
+            played += 1
+        if unreadable:
+            self._leave_out(unreadable)
+        return played
+
+    def _leave_out(self, unreadable: list[tuple[int, Path, str]]) -> None:
+        """One warning for a run of unreadable frames, naming the first file and why it failed."""
+        (first, path, reason), last = unreadable[0], unreadable[-1][0]
+        what = f"{self._relative(path)} (frame {first})"
+        if last != first:
+            what += f" and the {last - first} frames after it"
+        self.skip(len(unreadable), f"scan folder {self.path}: {what}: {reason}, left out")
+
     def _play_once(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        index = 0
-        try:
-            for frame in self.scan.iter_frames():
-                yield frame, index / self.fps
-                index += 1
-        except DataError as exc:
-            self.warn(f"scan folder {self.path}: ended after {index} of {len(self.scan)} frames ({exc})")
-            if index == 0:
-                raise SourceError(f"scan folder {self.path}: no frame could be read ({exc})") from None
+        if self.scan.video is not None:
+            played = yield from play_video(self.scan.video, self.fps, self.skip)
+        else:
+            played = yield from self._play_frames()
+        if not played:
+            raise SourceError(f"scan folder {self.path}: no frame could be read")
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float | None]]:
         yield from self._play_once()

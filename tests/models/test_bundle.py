@@ -133,7 +133,8 @@ def test_extra_members_are_never_read_or_extracted(bundle_path, tmp_path):
     ({"threshold": "0.5"}, "bundle.json threshold must be a number in [0, 1], got '0.5'"),
     ({"threshold": 7}, "bundle.json threshold must be a number in [0, 1], got 7"),
     ({"threshold": True}, "bundle.json threshold must be a number in [0, 1], got True"),
-    ({"class_names": ["Head"]}, "bundle.json class_names must be two class names, got ['Head']"),
+    ({"class_names": ["Head"]}, "bundle.json class_names must be two class names of 1 to 64 characters, "
+                                "got ['Head']"),
     ({"feature_dim": "64"}, "bundle.json feature_dim must be an integer, got '64'"),
     ({"preprocess_version": "1"}, "bundle.json preprocess_version must be an integer, got '1'"),
     ({"info": [1, 2]}, "bundle.json info must be a table, got [1, 2]"),

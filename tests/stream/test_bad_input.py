@@ -38,6 +38,19 @@ def _score_message() -> bytes:
     return protocol.encode(protocol.Score("cam", 0, 0.5, True, 0.5, "m", 1.0, 1.0, 1.0, 0.0, (), 1, 0))
 
 
+def _nested(depth: int):
+    """An int inside ``depth`` arrays: [[[...[1]...]]]."""
+    value = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _frame_of_shape(shape: tuple[int, ...]) -> bytes:
+    """A valid raw frame of ``shape``, all black."""
+    return _wire("cam", _frame_body(0, shape=list(shape), pixels=b"\x00" * int(np.prod(shape))))
+
+
 # (what is sent, its rejection class, what the one warning line says)
 BAD_INPUT = [
     (b"\x89PNG\r\n\x1a\n not a protocol message", "no_topic", "missing topic separator"),
@@ -61,6 +74,21 @@ BAD_INPUT = [
      "frame cam#0: jpeg does not decode"),
     (protocol.encode(protocol.frame_message("cam", 0, np.zeros((64, 80, 4), np.uint8))), "bad_image",
      "rejected frame cam#0 (bad_image)"),
+    # 1,000 levels deep: Python's repr of such a value overflows its stack (RecursionError).
+    (_wire("cam", _frame_body(0, shape=_nested(1000))), "too_deep", "body nests arrays or maps deeper than 8"),
+    # Latencies and their percentiles over such times are inf (a heartbeat cannot carry them).
+    (_wire("cam", _frame_body(0, t_capture=1e308)), "bad_field", "frame.t_capture must be a finite number in "
+                                                                 "[0.0, 10000000000.0], got 1e+308"),
+    (_wire("cam", _frame_body(0, t_capture=-1e308)), "bad_field", "frame.t_capture must be a finite number in"),
+    (_wire("cam", _frame_body(0, t_source=1e300)), "bad_field", "frame.t_source must be a finite number in"),
+    # Padded to a square, these would take 3.6 GB and 1.6 GB.
+    (_frame_of_shape((1, 60_000)), "bad_image", "frame of shape (1, 60000) is too large: at most 8192"),
+    (_frame_of_shape((1, 40_000)), "bad_image", "frame of shape (1, 40000) is too large"),
+    (_frame_of_shape((2, 4_000)), "bad_image", "frame of shape (2, 4000) is too thin: its aspect ratio"),
+    (protocol.encode(protocol.Heartbeat("_worker", "worker", 1, time.time(), {"frames_out": 10**9})), "spoofed",
+     "heartbeat in a worker's name (stream '_worker') on the frames socket, not forwarded"),
+    (protocol.encode(protocol.Status("_worker", "error", "model failed", time.time())), "spoofed",
+     "status in a worker's name"),
 ]
 
 
@@ -172,7 +200,8 @@ def test_a_video_truncated_in_the_middle_is_sent_up_to_the_damage_with_a_status(
     (status,) = [m for m in messages if isinstance(m, protocol.Status)]
     assert status.level == "warning" and status.message == (
         f"video file {cut}: ended after {len(frames)} of 40 frames (damaged or truncated)")
-    assert messages[-1].reason == "eof" and messages[-1].last_seq == len(frames) - 1
+    # Frames are missing from the end: the stream ends in error, not as a finished file.
+    assert messages[-1].reason == "error" and messages[-1].last_seq == len(frames) - 1
     assert task.join().frames_out == len(frames)
 
 

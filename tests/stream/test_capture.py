@@ -69,6 +69,18 @@ def test_capture_table_in_a_toml_file(tmp_path):
         CaptureConfig(stream="_capture")
 
 
+def test_on_bad_frame_is_a_setting_and_a_flag(tmp_path, capsys):
+    path = tmp_path / "fh.toml"
+    path.write_text('[capture]\non_bad_frame = "stop"\n')
+    assert load(CaptureConfig, "capture", path).on_bad_frame == "stop"
+    assert CaptureConfig().on_bad_frame == "skip"
+    with pytest.raises(ConfigError, match="capture.on_bad_frame: 'halt' is not one of 'skip', 'stop'"):
+        load(CaptureConfig, "capture", None, {"on_bad_frame": "halt"})
+    with pytest.raises(SystemExit) as info:
+        main(["synthetic", "--on-bad-frame", "halt"])
+    assert info.value.code == 2 and "--on-bad-frame: invalid choice: 'halt'" in capsys.readouterr().err
+
+
 # --- the capture loop over real sockets -----------------------------------------------------
 
 
@@ -134,6 +146,37 @@ def test_stop_event_ends_the_stream_as_stopped(background, sockets, address):
     end = recv_until(sub, lambda m: isinstance(m, protocol.EndOfStream))[-1]
     assert end.reason == "stopped" and end.stream == "synth"
     assert task.join().reason == "stopped"
+
+
+class Patchy(Source):
+    """Five frames, then three it has to leave out, then five more; ``missing`` as a damaged file gives it."""
+
+    name = "patchy"
+
+    def __iter__(self):
+        for i in range(13):
+            if 5 <= i < 8:
+                if i == 7:
+                    self.skip(3, "patchy: frames 5 to 7 unreadable, left out")
+                continue
+            yield np.full((8, 8), i, np.uint8), i / 25.0
+
+
+@pytest.mark.parametrize(("on_bad_frame", "seqs"), [("skip", [0, 1, 2, 3, 4, 8, 9, 10, 11, 12]),
+                                                     ("stop", [0, 1, 2, 3, 4])])
+def test_frames_a_source_leaves_out_are_a_gap_in_seq_and_the_end_is_an_error(background, sockets, address,
+                                                                             on_bad_frame, seqs):
+    addr = address()
+    pull = sockets(zmq.PULL, connect=addr)
+    config = CaptureConfig(pub=addr, mode="lossless", fast=True, on_bad_frame=on_bad_frame)
+    task = background(lambda stop: capture(Patchy(), config, stop))
+    messages = recv_until(pull, lambda m: isinstance(m, protocol.EndOfStream))
+    frames = [m for m in messages if isinstance(m, protocol.Frame)]
+    assert [f.seq for f in frames] == seqs and all(f.image()[0, 0] == f.seq for f in frames)
+    assert [m.message for m in messages if isinstance(m, protocol.Status)] == [
+        "patchy: frames 5 to 7 unreadable, left out"]
+    assert (messages[-1].last_seq, messages[-1].reason) == (seqs[-1], "error")
+    assert task.join().reason == "error"
 
 
 class FlakyDevice(Source):

@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -46,3 +47,21 @@ def test_a_file_that_is_not_a_video_is_a_one_line_source_error(tmp_path):
     with pytest.raises(SourceError, match="notes.avi: not a video") as info:
         VideoFileSource(notes)
     assert "\n" not in str(info.value)
+
+
+def test_opening_a_file_leaves_the_ffmpeg_options_of_the_process_as_they_were(video, monkeypatch):
+    path = video(3)
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)
+    assert len(list(VideoFileSource(path))) == 3
+    assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "probesize;5000000")
+    assert len(list(VideoFileSource(path))) == 3
+    assert os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] == "probesize;5000000"
+
+
+def test_a_video_that_became_unreadable_after_opening_is_a_source_error(video):
+    path = video(5)
+    source = VideoFileSource(path)
+    path.write_bytes(b"\0" * 4096)
+    with pytest.raises(SourceError, match="clip.avi: not a video"):
+        list(source)
