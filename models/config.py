@@ -43,7 +43,8 @@ class ModelConfig:
     """The CNN-LSTM and its preprocessing; defaults are the seed design.
 
     ``weights`` is ``imagenet`` (Keras cache), ``none`` (random) or a path to a
-    ``.weights.h5`` file for the backbone. ``roi`` is ``auto``, ``none`` or
+    ``.weights.h5`` file for the backbone; left out, it is ``imagenet``,
+    but ``none`` for ``tiny``, which has no pretrained weights. ``roi`` is ``auto``, ``none`` or
     ``x,y,w,h`` in raw-frame pixels. Every setting is checked against a
     range (the ``MAX_*`` above for sizes), since a bundle's config is read
     from a file that anyone may have written.
@@ -51,7 +52,8 @@ class ModelConfig:
 
     backbone: typing.Literal["vgg19", "mobilenetv2", "efficientnetb0", "tiny"] = setting(
         "vgg19", "per-frame feature extractor")
-    weights: str = setting("imagenet", "backbone weights: imagenet (Keras cache), none (random) or a weights file")
+    weights: str | None = setting(None, "backbone weights: imagenet (Keras cache), none (random) or a weights file",
+                                  shown="imagenet; none for tiny, which has no pretrained weights")
     image_size: int = setting(224, "side in pixels of the square backbone input")
     window: int = setting(8, "frames per window of the temporal head")
     lstm_units: tuple[int, int] = setting((256, 128), "units of the two LSTMs")
@@ -64,6 +66,8 @@ class ModelConfig:
     seed: int = setting(0, "seed of weight initialisation and dropout")
 
     def __post_init__(self) -> None:
+        if self.weights is None:
+            object.__setattr__(self, "weights", "none" if self.backbone == "tiny" else "imagenet")
         check(self.backbone in BACKBONES,
               f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         check(32 <= self.image_size <= 1024, f"image_size: must be 32..1024, got {self.image_size}")

@@ -62,3 +62,9 @@ def test_a_value_of_a_megabyte_is_shown_cut_short():
         with pytest.raises(ConfigError) as info:
             load(ModelConfig, "model", None, values)
         assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+
+
+def test_weights_default_to_imagenet_but_none_for_tiny_which_has_none():
+    assert ModelConfig().weights == "imagenet"
+    assert ModelConfig(backbone="tiny", image_size=64).weights == "none"
+    assert ModelConfig(backbone="tiny", image_size=64, weights="w.weights.h5").weights == "w.weights.h5"
