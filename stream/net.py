@@ -12,7 +12,11 @@ misses heartbeats should ``disconnect`` and ``connect`` again; a *binding*
 receiver is reconnected by the sender after ZMQ_RECONNECT_IVL.
 tests/stream/test_net.py pins this behaviour down. ``ConnectionWatch`` tells
 such a refusal from an ordinary disconnect, so the receiver can say so in one
-line and reconnect at once.
+line and reconnect at once. ZeroMQ also refuses a pair of socket types that do
+not belong together (a live worker's SUB against a lossless capture's PUSH,
+or PULL against PUB) in the handshake, closing the connection the same way;
+``ConnectionWatch`` tells that apart too (``WRONG_SOCKET_TYPE``), because the
+handshake never completed, so a receiver can say which mode to start.
 
 ``Inbox`` is that receiving end for every process that connects (the
 worker's frames, every consumer's scores): a connecting socket that
@@ -67,6 +71,7 @@ _LOCAL_SCHEMES = ("ipc", "inproc")
 # Why ZeroMQ closed a connection for good (``ConnectionWatch.poll``).
 REFUSED_MESSAGE = "refused_message"
 AUTH_FAILED = "auth_failed"
+WRONG_SOCKET_TYPE = "wrong_socket_type"
 
 
 def context() -> zmq.Context:
@@ -205,6 +210,25 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
     """
     if (bind is None) == (connect is None):
         raise ValueError(f"socket needs exactly one of bind= or connect=, got bind={bind!r}, connect={connect!r}")
+    if isinstance(curve, ServerKeys) and bind is None or isinstance(curve, ClientKeys) and connect is None:
+        raise ValueError(f"{type(curve).__name__} are for a socket that {'binds' if connect else 'connects'}")
+    if bind is not None:
+        check_bind_address(bind, allow_remote=allow_remote, encrypted=curve is not None)
+    addr = bind if bind is not None else connect
+    sock = _configured(kind, [addr], hwm=hwm, conflate=conflate, max_size=max_size, linger=linger,
+                       subscribe=subscribe, curve=curve)
+    try:
+        _attach(sock, addr, bind=bind is not None)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    log.debug("%s socket %s %s", zmq.SocketType(kind).name, "bound to" if bind else "connected to", addr)
+    return sock
+
+
+def _configured(kind: int, addrs: Sequence[str], *, hwm: int, conflate: bool, max_size: int, linger: int,
+                subscribe: list[bytes] | None, curve: ServerKeys | ClientKeys | None) -> zmq.Socket:
+    """A socket with every option of ``socket`` set, not yet bound or connected to ``addrs``."""
     if subscribe is not None and kind != zmq.SUB:
         raise ValueError(f"subscribe is only for SUB sockets, got socket type {kind}")
     if hwm < 0:
@@ -213,12 +237,6 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
         raise ValueError(f"max_size must be >= 1, got {max_size}")
     if linger < 0:
         raise ValueError(f"linger must be >= 0, got {linger}")
-    if isinstance(curve, ServerKeys) and bind is None or isinstance(curve, ClientKeys) and connect is None:
-        raise ValueError(f"{type(curve).__name__} are for a socket that {'binds' if connect else 'connects'}")
-    if bind is not None:
-        check_bind_address(bind, allow_remote=allow_remote, encrypted=curve is not None)
-    addr = bind if bind is not None else connect
-
     sock = context().socket(kind)
     try:
         # Options apply to connections made after they are set, so all come before bind/connect.
@@ -230,7 +248,7 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTERVAL_S)
         sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_PROBES)
-        if "[" in addr:
+        if any("[" in addr for addr in addrs):
             # Only for bracketed IPv6 addresses: with IPv6 on, "localhost" may resolve to ::1 only.
             sock.setsockopt(zmq.IPV6, 1)
         if conflate:
@@ -240,18 +258,21 @@ def socket(kind: int, *, bind: str | None = None, connect: str | None = None, hw
         if kind == zmq.SUB:
             for prefix in [b""] if subscribe is None else subscribe:
                 sock.setsockopt(zmq.SUBSCRIBE, prefix)
-        try:
-            if bind is not None:
-                sock.bind(addr)
-            else:
-                sock.connect(addr)
-        except zmq.ZMQError as exc:
-            raise ConfigError(f"address {addr!r}: cannot {'bind' if bind else 'connect'} ({exc})") from None
     except BaseException:
         sock.close(linger=0)
         raise
-    log.debug("%s socket %s %s", zmq.SocketType(kind).name, "bound to" if bind else "connected to", addr)
     return sock
+
+
+def _attach(sock: zmq.Socket, addr: str, *, bind: bool) -> None:
+    """Bind or connect ``sock`` to ``addr``; ConfigError naming the address when it cannot."""
+    try:
+        if bind:
+            sock.bind(addr)
+        else:
+            sock.connect(addr)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"address {addr!r}: cannot {'bind' if bind else 'connect'} ({exc})") from None
 
 
 class ConnectionWatch:
@@ -261,10 +282,15 @@ class ConnectionWatch:
     message over ZMQ_MAXMSGSIZE is, and does not reconnect it; after an
     ordinary disconnect (the peer went away) it reconnects by itself and
     reports CONNECT_RETRIED at once. So a DISCONNECTED with no retry for the
-    same endpoint within ``grace_s`` is a refused message. A failed CURVE
-    handshake (the server refused our key, or we have the wrong server key)
-    is reported as such. ``poll()`` returns ``(endpoint, reason)`` pairs,
-    reason ``REFUSED_MESSAGE`` or ``AUTH_FAILED``; the caller reconnects.
+    same endpoint within ``grace_s`` is a refused message, or, when the
+    connection never completed its handshake, a peer whose socket type does
+    not go with ours (ZeroMQ checks the types in the handshake: SUB takes
+    only PUB, PULL only PUSH). A failed CURVE handshake (the server refused
+    our key, or we have the wrong server key) is reported as such.
+    ``poll()`` returns ``(endpoint, reason)`` pairs, reason
+    ``REFUSED_MESSAGE``, ``WRONG_SOCKET_TYPE`` or ``AUTH_FAILED``.
+    Connections are seen from the moment the watch is made, so make it
+    before connecting.
     """
 
     _RETRIED = frozenset({zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED, zmq.EVENT_CONNECTED})
@@ -275,12 +301,14 @@ class ConnectionWatch:
         self.grace_s = grace_s
         self.clock = clock
         self._sock = sock
-        events = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        events = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         for event in self._RETRIED:
             events |= event
         self._monitor = sock.get_monitor_socket(events)
-        self._closed_at: dict[str, float] = {}
+        self._closed_at: dict[str, tuple[float, str]] = {}
         self._auth_failed: set[str] = set()
+        self._handshaking: set[str] = set()
 
     def poll(self) -> list[tuple[str, str]]:
         """Connections closed for good since the last call, as (endpoint, reason)."""
@@ -291,18 +319,24 @@ class ConnectionWatch:
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 # A failed handshake closes its connection too; it is reported once, as auth_failed.
                 if endpoint not in self._auth_failed:
-                    self._closed_at[endpoint] = self.clock()
+                    reason = WRONG_SOCKET_TYPE if endpoint in self._handshaking else REFUSED_MESSAGE
+                    self._closed_at[endpoint] = (self.clock(), reason)
                 self._auth_failed.discard(endpoint)
+                self._handshaking.discard(endpoint)
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshaking.discard(endpoint)
             elif event["event"] in self._RETRIED:
                 self._closed_at.pop(endpoint, None)
+                if event["event"] == zmq.EVENT_CONNECTED:
+                    self._handshaking.add(endpoint)
             elif event["event"] in self._AUTH_FAILED:
                 self._auth_failed.add(endpoint)
                 found.append((endpoint, AUTH_FAILED))
         now = self.clock()
-        for endpoint, at in list(self._closed_at.items()):
+        for endpoint, (at, reason) in list(self._closed_at.items()):
             if now - at >= self.grace_s:
                 del self._closed_at[endpoint]
-                found.append((endpoint, REFUSED_MESSAGE))
+                found.append((endpoint, reason))
         return found
 
     def close(self) -> None:
@@ -325,10 +359,12 @@ def recv(sock: zmq.Socket, timeout_s: float | None) -> bytes | None:
 
 
 class Throttled:
-    """At most one warning per key every ``interval_s`` seconds on ``logger``, counting the ones held back.
+    """At most one line per key every ``interval_s`` seconds on ``logger``, counting the ones held back.
 
     A flood of bad messages is then a line every few seconds, each saying
-    how many of its kind came since the last one.
+    how many of its kind came since the last one. ``warning`` and ``error``
+    return whether they logged, so a caller can send its own word (a Status)
+    at the same pace.
     """
 
     def __init__(self, logger: logging.Logger, interval_s: float = 5.0, *,
@@ -341,15 +377,23 @@ class Throttled:
         self._last: dict[str, float] = {}
         self._held: collections.Counter[str] = collections.Counter()
 
-    def warning(self, key: str, message: str) -> None:
+    def warning(self, key: str, message: str) -> bool:
+        return self._log(logging.WARNING, key, message)
+
+    def error(self, key: str, message: str) -> bool:
+        return self._log(logging.ERROR, key, message)
+
+    def _log(self, level: int, key: str, message: str) -> bool:
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
             self._held[key] += 1
-            return
+            return False
         held = self._held.pop(key, 0)
         self._last[key] = now
-        self.logger.warning("%s%s", message, f" (and {held} more {key} since the last warning)" if held else "")
+        what = logging.getLevelName(level).lower()
+        self.logger.log(level, "%s%s", message, f" (and {held} more {key} since the last {what})" if held else "")
+        return True
 
 
 class Inbox:
@@ -358,11 +402,12 @@ class Inbox:
     ``wait(timeout_s)`` first reconnects every connection ZeroMQ closed for
     good since the last call (``ConnectionWatch``), handing each to
     ``on_closed(endpoint, reason)`` (reason ``REFUSED_MESSAGE``: reconnected;
-    ``AUTH_FAILED``: left to ZeroMQ's own retries, the keys must change),
-    then waits for a message. After ``silence_s`` without any message
-    (heartbeats make silence abnormal) it disconnects and connects every
-    address again. ``sock`` is the socket to receive from; the other
-    arguments are ``socket``'s.
+    ``WRONG_SOCKET_TYPE``: the peer is of the other mode, tried again after
+    ``silence_s`` in case it is restarted in ours; ``AUTH_FAILED``: left to
+    ZeroMQ's own retries, the keys must change), then waits for a message.
+    After ``silence_s`` without any message (heartbeats make silence
+    abnormal) it disconnects and connects every address again. ``sock`` is
+    the socket to receive from; the other arguments are ``socket``'s.
     """
 
     def __init__(self, kind: int, addrs: Sequence[str], *, on_closed: Callable[[str, str], None],
@@ -373,28 +418,45 @@ class Inbox:
             raise ValueError("an inbox needs at least one address")
         if not silence_s > 0:
             raise ValueError(f"silence_s must be > 0, got {silence_s}")
+        if isinstance(curve, ServerKeys):
+            raise ValueError("ServerKeys are for a socket that binds")
         self.addrs = tuple(addrs)
         self.silence_s = silence_s
         self.clock = clock
         self.on_closed = on_closed
         self.reconnects = 0
-        self.sock = socket(kind, connect=self.addrs[0], hwm=hwm, max_size=max_size, subscribe=subscribe,
-                           curve=curve)
+        self.sock = _configured(kind, self.addrs, hwm=hwm, conflate=False, max_size=max_size, linger=0,
+                                subscribe=subscribe, curve=curve)
         try:
-            for addr in self.addrs[1:]:
-                self.sock.connect(addr)
+            # A monitor sees only the connections made after it: a handshake it missed could not be told apart.
             self.connections = ConnectionWatch(self.sock)
+            try:
+                for addr in self.addrs:
+                    _attach(self.sock, addr, bind=False)
+            except BaseException:
+                self.connections.close()
+                raise
         except BaseException:
             self.sock.close(linger=0)
             raise
+        log.debug("%s socket connected to %s", zmq.SocketType(kind).name, ", ".join(self.addrs))
         self._heard_at = clock()
+        self._retry_at: dict[str, float] = {}
 
     def wait(self, timeout_s: float) -> bool:
         """True as soon as a message is waiting on ``sock``, False after ``timeout_s`` seconds without one."""
         for endpoint, reason in self.connections.poll():
             self.on_closed(endpoint, reason)
+            addrs = [endpoint] if endpoint in self.addrs else self.addrs
             if reason == REFUSED_MESSAGE:
-                self.reconnect([endpoint] if endpoint in self.addrs else self.addrs)
+                self.reconnect(addrs)
+            elif reason == WRONG_SOCKET_TYPE:
+                # Tried again at once it is refused again, many times a second; later its peer may be in our mode.
+                for addr in addrs:
+                    self._retry_at[addr] = self.clock() + self.silence_s
+        due = [addr for addr, at in self._retry_at.items() if self.clock() >= at]
+        if due:
+            self.reconnect(due)
         ready = bool(self.sock.poll(round(timeout_s * 1000), zmq.POLLIN))
         now = self.clock()
         if ready:
@@ -413,6 +475,7 @@ class Inbox:
                 # Not connected (any more); connecting again is all that is needed.
                 pass
             self.sock.connect(addr)
+            self._retry_at.pop(addr, None)
         self.reconnects += 1
         self._heard_at = self.clock()
 
@@ -458,6 +521,11 @@ class Subscriber:
         if reason == AUTH_FAILED:
             self._warn.warning(reason, f"scores from {endpoint}: the CURVE handshake failed (is our key in the "
                                        f"worker's allow list, and --server-key the worker's key?)")
+        elif reason == WRONG_SOCKET_TYPE:
+            # Not bad input but a wrong address: nothing will come until the consumer is pointed elsewhere.
+            self._warn.error(reason, f"scores from {endpoint}: ZeroMQ refused the socket there, which does not "
+                                     f"publish (PUB): give the worker's scores address, not a lossless "
+                                     f"capture's frames address (PUSH)")
         else:
             self._warn.warning(reason, f"scores from {endpoint}: a message over {self.max_size} bytes was "
                                        f"refused unread and the connection closed; reconnected")

@@ -4,10 +4,12 @@
 children: it starts each ``ProcessSpec`` in its own session (so a Ctrl-C in
 the terminal reaches only the supervisor, which then stops the children in
 order), restarts a child that crashes with ``Backoff`` up to
-``max_restarts`` times, and on ``stop()`` sends SIGINT, then SIGTERM, then
-SIGKILL to each child's process group until none is left. On Linux each child
-also gets PR_SET_PDEATHSIG, so it is told to stop even if the supervisor is
-killed with SIGKILL.
+``max_restarts`` times, but never one that exits with a configuration error
+(``CONFIG_EXIT_CODES`` for ``fetalhead`` children), and on ``stop()`` sends
+SIGINT, then SIGTERM, then SIGKILL to each child's process group until none
+is left. On Linux each child also gets PR_SET_PDEATHSIG, so it is told to
+stop even if the supervisor is killed with SIGKILL. ``error_line`` picks the
+line of a child's log that says why it ended.
 
 ``subcommand`` is the command line of a ``fetalhead`` subcommand run as a
 child, ``child_env`` the environment it needs. ``WorkerReady`` (a check
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import zmq
 
@@ -42,6 +44,14 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _WORKER_TOPIC = protocol.topic(protocol.process_id("worker"))
+
+# How a fetalhead child ends (tools.command): 1 after its one-line error (a setting, the source or the
+# model is wrong) and 2 after a bad flag. Starting it again cannot help; any other status is a crash.
+CONFIG_EXIT_CODES = frozenset({1, 2})
+# What a fetalhead child prints before it exits with 1 (tools.command.run).
+ERROR_PREFIX = "fetalhead: error: "
+# The most of a child's log read to find its last error line.
+_LOG_TAIL_BYTES = 64 * 1024
 
 
 class Backoff:
@@ -82,6 +92,19 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + path if path else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
+
+
+def error_line(log: str) -> str | None:
+    """The line of a child's log that says why it ended, None for an empty log.
+
+    Its last one-line error (after ``ERROR_PREFIX``, which is left off), or
+    else the last line: a traceback ends with the exception.
+    """
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(ERROR_PREFIX):
+            return line[len(ERROR_PREFIX):]
+    return lines[-1] if lines else None
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -126,6 +149,8 @@ class _Child:
     restarts: int = 0
     restart_at: float | None = None
     exit_code: int | None = None
+    # Where this start's output begins in its log, which other children may share.
+    log_from: int = 0
 
 
 def _exit_code(returncode: int) -> int:
@@ -157,9 +182,11 @@ class Supervisor:
     ``final`` child exited with 0 (or, with no final child, every child
     did), or the exit code of a child that crashed with no restarts left.
     A non-final child that exits with 0 (a capture at the end of its file)
-    is left stopped. ``stop()`` ends every child still running, with the
-    processes it started in its group, and waits for it; it is safe to
-    call twice.
+    is left stopped. A child that exits with one of ``config_exit_codes``
+    is not restarted: the run is over with its code. ``failed`` then names
+    the child that ended the run, and ``last_error`` gives its error line.
+    ``stop()`` ends every child still running, with the processes it started
+    in its group, and waits for it; it is safe to call twice.
 
     PR_SET_PDEATHSIG fires when the *thread* that started a child exits, so
     drive a Supervisor from a thread that outlives it (the main thread).
@@ -168,7 +195,8 @@ class Supervisor:
 
     def __init__(self, specs: Sequence[ProcessSpec], *, max_restarts: int = 3, backoff_s: float = 0.5,
                  max_backoff_s: float = 8.0, stop_timeout_s: float = 5.0, cwd: Path | None = None,
-                 env: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 env: dict[str, str] | None = None, config_exit_codes: Collection[int] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"process names must be unique, got {names}")
@@ -183,15 +211,18 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.cwd = cwd
         self.env = env
+        self.config_exit_codes = frozenset(config_exit_codes)
         self.clock = clock
         self.pids: list[int] = []
         self.stopping = False
+        self.failed: str | None = None
 
     def _launch(self, child: _Child, argv: Sequence[str]) -> None:
         out = None
         if child.spec.log is not None:
             child.spec.log.parent.mkdir(parents=True, exist_ok=True)
             out = child.spec.log.open("ab")
+            child.log_from = out.tell()
         try:
             child.proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None,
@@ -235,9 +266,15 @@ class Supervisor:
                 if code == 0 or self.stopping:
                     logger.debug("%s (pid %d) exited with %d", child.spec.name, child.proc.pid, code)
                     continue
+                if code in self.config_exit_codes:
+                    logger.error("%s (pid %d) exited with %d, an error in what it was given: not restarted, "
+                                 "stopping", child.spec.name, child.proc.pid, code)
+                    self.failed = child.spec.name
+                    return code
                 if child.restarts >= self.max_restarts:
                     logger.error("%s (pid %d) exited with %d; no restarts left (%d used), stopping",
                                  child.spec.name, child.proc.pid, code, child.restarts)
+                    self.failed = child.spec.name
                     return code
                 delay = self.backoff.delay(child.restarts)
                 child.restart_at = now + delay
@@ -251,6 +288,18 @@ class Supervisor:
         if all(c.exit_code == 0 for c in finals):
             return 0
         return None
+
+    def last_error(self, name: str) -> str | None:
+        """``error_line`` of what child ``name`` wrote to its log since its latest start; None without a log."""
+        child = next(c for c in self.children if c.spec.name == name)
+        if child.spec.log is None:
+            return None
+        try:
+            with child.spec.log.open("rb") as fh:
+                fh.seek(max(child.log_from, fh.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+                return error_line(fh.read().decode("utf-8", "replace"))
+        except OSError:
+            return None
 
     def _signal_all(self, sig: int) -> None:
         for child in self.children:

@@ -11,7 +11,11 @@ over the TOML file of ``--config``, over the dataclass defaults; the
 dataclass then checks every value in one place (``models.settings``).
 
 ``run(work, verbose=...)`` runs a subcommand's work: a FetalheadError becomes
-one line on stderr and exit status 1, Ctrl-C exit status 130.
+one line on stderr and exit status 1, any other exception its traceback and
+exit status 70, Ctrl-C exit status 130. The statuses tell a supervisor
+(``fetalhead run``, ``stream.supervise.CONFIG_EXIT_CODES``) what to do with a
+child that ended: 1 and 2 (a bad flag) say that what it was given is wrong,
+so starting it again cannot help; 70 or a signal is a crash, worth a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import traceback
 import types
 import typing
 from pathlib import Path
@@ -30,12 +35,16 @@ from models.settings import load
 
 T = TypeVar("T")
 
+EXIT_ERROR = 1  # a FetalheadError: its one line says which setting, source or file is wrong
+EXIT_USAGE = 2  # a bad flag, as argparse has it
+EXIT_CRASH = 70  # any other exception: a fault rather than the input (sysexits.h's EX_SOFTWARE)
+
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line and exits 2."""
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def parser(prog: str, description: str) -> Parser:
@@ -141,7 +150,7 @@ def settings(args: argparse.Namespace, cls: type[T], section: str, **extra: Any)
 
 
 def run(work: Callable[[], int | None], *, verbose: bool = False) -> int:
-    """Run a subcommand's work; a FetalheadError becomes one line on stderr and exit 1."""
+    """Run a subcommand's work; a FetalheadError becomes one line on stderr and exit 1, a crash exit 70."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -150,7 +159,11 @@ def run(work: Callable[[], int | None], *, verbose: bool = False) -> int:
         return int(work() or 0)
     except FetalheadError as exc:
         print(f"fetalhead: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("fetalhead: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # Python's own status for this is 1, which here means "the input is wrong, do not restart".
+        traceback.print_exc()
+        return EXIT_CRASH

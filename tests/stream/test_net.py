@@ -227,13 +227,14 @@ def test_throttled_warns_once_per_key_and_interval_and_counts_the_rest(caplog):
     now = [100.0]
     warn = net.Throttled(logging.getLogger("tests.throttled"), 5.0, clock=lambda: now[0])
     with caplog.at_level(logging.WARNING, logger="tests.throttled"):
-        warn.warning("a", "first a")
-        warn.warning("a", "second a")
-        warn.warning("b", "first b")
+        assert warn.warning("a", "first a")
+        assert not warn.warning("a", "second a")
+        assert warn.error("b", "first b")
         now[0] += 5.0
-        warn.warning("a", "third a")
-    assert [r.getMessage() for r in caplog.records] == [
-        "first a", "first b", "third a (and 1 more a since the last warning)"]
+        assert warn.warning("a", "third a")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "first a"), (logging.ERROR, "first b"),
+        (logging.WARNING, "third a (and 1 more a since the last warning)")]
 
 
 def test_an_inbox_reconnects_after_its_silence_and_goes_on_receiving():
@@ -263,3 +264,48 @@ def test_an_inbox_reports_a_refused_message_and_reconnects():
             inbox.wait(0.05)
         assert closed == [(addr, net.REFUSED_MESSAGE)] and inbox.reconnects == 1
         _send_until_received(push, inbox.sock, b"s\x00resumed")
+
+
+@pytest.mark.parametrize(("bound", "kind"), [pytest.param(zmq.PUSH, zmq.SUB, id="sub-to-push"),
+                                             pytest.param(zmq.PUB, zmq.PULL, id="pull-to-pub")])
+def test_an_inbox_tells_a_peer_of_the_other_mode_from_a_refused_message(bound, kind):
+    """A live worker's SUB against a lossless capture's PUSH (or PULL against PUB): ZeroMQ refuses the
+    pair in the handshake and closes the connection as it does after an oversized message; the
+    inbox says which it was, and tries again only after its silence."""
+    addr = net.free_tcp_address()
+    closed = []
+    now = [0.0]
+    with net.socket(bound, bind=addr), \
+            net.Inbox(kind, [addr], on_closed=lambda *c: closed.append(c), silence_s=30.0,
+                      clock=lambda: now[0]) as inbox:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not closed:
+            assert time.monotonic() < deadline, "the refused handshake was never reported"
+            now[0] += 0.05
+            inbox.wait(0.05)
+        assert closed == [(addr, net.WRONG_SOCKET_TYPE)] and inbox.reconnects == 0
+        now[0] += 29.0
+        inbox.wait(0.05)
+        assert inbox.reconnects == 0, "retried before its silence was over"
+        now[0] += 1.0
+        inbox.wait(0.05)
+        assert inbox.reconnects == 1
+        while len(closed) < 2:
+            assert time.monotonic() < deadline, "the second refusal was never reported"
+            now[0] += 0.05
+            inbox.wait(0.05)
+        assert closed[1] == (addr, net.WRONG_SOCKET_TYPE)
+
+
+def test_a_subscriber_connected_to_a_lossless_capture_says_so_in_one_line(caplog):
+    addr = net.free_tcp_address()
+    with net.socket(zmq.PUSH, bind=addr), net.Subscriber(addr) as sub, \
+            caplog.at_level(logging.WARNING, logger="stream.net"):
+        deadline = time.monotonic() + TIMEOUT_S
+        while not sub.rejected:
+            assert time.monotonic() < deadline, "the refused handshake was never reported"
+            assert sub.receive(0.05) == []
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert lines == [(logging.ERROR, f"scores from {addr}: ZeroMQ refused the socket there, which does not publish "
+                                     f"(PUB): give the worker's scores address, not a lossless capture's frames "
+                                     f"address (PUSH)")]

@@ -17,8 +17,9 @@ import zmq
 
 from models.errors import FetalheadError
 from stream import net, protocol
-from stream.supervise import (Backoff, ProcessSpec, Supervisor, WorkerReady, child_env, rss_bytes, subcommand,
-                              wait_ready)
+from stream.supervise import (CONFIG_EXIT_CODES, ERROR_PREFIX, Backoff, ProcessSpec, Supervisor, WorkerReady,
+                              child_env, error_line, rss_bytes, subcommand, wait_ready)
+from tools import command
 from tests.stream.conftest import WAIT_S, alive
 
 PY = sys.executable
@@ -77,6 +78,64 @@ def test_crashing_child_is_restarted_up_to_the_limit_and_reported(supervisors, c
     assert "no restarts left" in lines[-1]
     sup.stop()
     assert len(sup.pids) == 4 and not any(alive(pid) for pid in sup.pids)
+
+
+@pytest.mark.parametrize("code", sorted(CONFIG_EXIT_CODES))
+def test_a_child_that_fails_on_its_configuration_is_not_restarted(supervisors, tmp_path, caplog, code):
+    log = tmp_path / "run.log"
+    log.write_text("an earlier run's lines\nfetalhead: error: not this one\n")
+    bad = (PY, "-c", f"import sys; print('loading'); print('fetalhead: error: model m.fhb: not found', "
+                     f"file=sys.stderr); sys.exit({code})")
+    sup = supervisors([ProcessSpec("worker", bad, log=log), ProcessSpec("sleeper", SLEEP)], max_restarts=3,
+                      config_exit_codes=CONFIG_EXIT_CODES)
+    with caplog.at_level(logging.ERROR, logger="stream.supervise"):
+        sup.start()
+        assert poll_until_done(sup) == code
+    assert sup.restarts() == {"worker": 0, "sleeper": 0} and len(sup.pids) == 2
+    assert sup.failed == "worker"
+    assert sup.last_error("worker") == "model m.fhb: not found"
+    assert sup.last_error("sleeper") is None, "a child without a log file has no error line to read"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"worker (pid {sup.pids[0]}) exited with {code}, an error in what it was given: not restarted, stopping"]
+    # Only what the child wrote since its own start counts: the error above is an earlier child's now.
+    quiet = supervisors([ProcessSpec("worker", (PY, "-c", f"print('still loading'); exit({code})"), log=log)],
+                        config_exit_codes=CONFIG_EXIT_CODES)
+    quiet.start()
+    assert poll_until_done(quiet) == code and quiet.last_error("worker") == "still loading"
+
+
+def test_a_crash_is_still_restarted_where_configuration_errors_are_not(supervisors):
+    sup = supervisors([ProcessSpec("crashy", (PY, "-c", "import sys; sys.exit(70)"))], max_restarts=1,
+                      config_exit_codes=CONFIG_EXIT_CODES)
+    sup.start()
+    assert poll_until_done(sup) == 70
+    assert sup.restarts() == {"crashy": 1} and sup.failed == "crashy"
+
+
+def test_error_line_is_the_last_one_line_error_or_else_the_end_of_a_traceback():
+    assert error_line("INFO loading\nfetalhead: error: source x: not found\nINFO stopping\n\n") == \
+        "source x: not found"
+    traceback = 'Traceback (most recent call last):\n  File "w.py", line 1, in <module>\nRuntimeError: boom\n'
+    assert error_line(traceback) == "RuntimeError: boom"
+    assert error_line(" \n\n") is None
+
+
+def test_fetalhead_commands_end_with_the_statuses_the_supervisor_reads(capsys):
+    """tools.command.run is where a child's errors become its exit status; the supervisor must read them alike."""
+    def wrong_input():
+        raise FetalheadError("source x: not found")
+
+    def fault():
+        raise RuntimeError("boom")
+
+    assert command.run(wrong_input) == command.EXIT_ERROR in CONFIG_EXIT_CODES
+    assert capsys.readouterr().err == f"{ERROR_PREFIX}source x: not found\n"
+    assert command.run(fault) == command.EXIT_CRASH not in CONFIG_EXIT_CODES
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and error_line(err) == "RuntimeError: boom"
+    with pytest.raises(SystemExit) as usage:
+        command.parser("probe", "a probe").parse_args(["--no-such-flag"])
+    assert usage.value.code == command.EXIT_USAGE in CONFIG_EXIT_CODES
 
 
 def test_restarted_child_uses_its_restart_command(supervisors, tmp_path):
