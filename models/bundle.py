@@ -34,18 +34,20 @@ import platform
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import keras
-
-from models.backbones import load_weights_strict
 from models.classes import CLASS_NAMES
-from models.cnn_lstm import build_cnn_lstm, build_feature_extractor, build_temporal_head
 from models.config import ModelConfig
 from models.errors import BundleError, ConfigError, WeightsError
 from models.preprocess import PREPROCESS_VERSION
-from models.runtime import Runtime
 from models.settings import from_mapping, to_dict
+
+# Keras and the model code are imported where a model is built, so that reading a bundle's
+# metadata (``read_meta``: a check before a pipeline starts, ``model info``) costs no TensorFlow.
+if TYPE_CHECKING:
+    import keras
+
+    from models.runtime import Runtime
 
 FORMAT = "fetalhead-bundle"
 FORMAT_VERSION = 1
@@ -61,6 +63,8 @@ _MAX_CLASS_NAME = 64
 
 def package_versions() -> dict[str, str]:
     from importlib import metadata
+
+    import keras
 
     versions = {"python": platform.python_version(), "keras_backend": keras.backend.backend()}
     for name in ("fetalhead", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy",
@@ -86,6 +90,8 @@ class Bundle:
     model_id: str = ""
 
     def runtime(self) -> Runtime:
+        from models.runtime import Runtime
+
         return Runtime(self.config, self.extractor, self.head)
 
 
@@ -240,6 +246,9 @@ def load(path: str | Path) -> Bundle:
     The weights are unpacked (and their checksums checked) before any model
     is built, so a damaged bundle fails at once.
     """
+    from models.backbones import load_weights_strict
+    from models.cnn_lstm import build_feature_extractor, build_temporal_head
+
     path = Path(path)
     meta = read_meta(path)
     try:
@@ -284,6 +293,10 @@ def export_keras(bundle: Bundle, out: str | Path) -> Path:
     uses Keras's own LSTM layers, so the file loads where fetalhead is not
     installed.
     """
+    import keras
+
+    from models.cnn_lstm import build_cnn_lstm, build_temporal_head
+
     head = build_temporal_head(bundle.config, bundle.head.input_shape[-1], lstm=keras.layers.LSTM)
     head.set_weights(bundle.head.get_weights())
     out = Path(out)
