@@ -25,11 +25,14 @@ from typing import Callable, Literal
 import zmq
 
 from models.settings import check, setting
+from models.verdict import DEFAULT_HOLD, check_hold
 from stream import keys, net, protocol
+from stream.consumer import HOLD_HELP
 from stream.keys import ClientKeys, keys_setting
 from stream.sources import Source
 from stream.supervise import (CONFIG_EXIT_CODES, ProcessSpec, Supervisor, WorkerReady, child_env,
                               subcommand)
+from stream.view import DEFAULT_ADDR, check_free, is_loopback, split_addr
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +73,9 @@ class RunConfig:
     folder, live for a device or ``synthetic``; ``stream_mode`` is the one
     used. ``frames``/``scores`` None pick free loopback ports at start.
     ``watch`` shows the live table; ``csv``/``video``/``show`` start a
-    recorder.
+    recorder; ``view`` serves the live web page on ``view_addr`` (loopback:
+    to serve a network, run ``fetalhead view --allow-remote`` on its own).
+    ``hold`` is the verdict's hysteresis in all of them.
     ``restarts`` is per process, for crashes only. ``log`` collects the logs
     of every child but the viewer in a file; None shares the supervisor's
     stderr (``fetalhead run`` gives a temporary file while its live table
@@ -93,6 +98,11 @@ class RunConfig:
     video: Path | None = setting(None, "record annotated frames to this .mp4 or .avi")
     show: bool = setting(False, "show annotated frames in a window (needs opencv-python and a display)")
     watch: bool = setting(True, "show the live table")
+    view: bool = setting(False, "serve the live web page (fetalhead view) too")
+    view_addr: str = setting(DEFAULT_ADDR, "HOST:PORT of the live web page (loopback)")
+    hold: int = setting(DEFAULT_HOLD, HOLD_HELP)
+    on_bad_frame: Literal["skip", "stop"] = setting(
+        "skip", "a frame of a file or scan folder that cannot be read: skip it (a gap in seq) or end the stream")
     fast: bool = setting(False, "play a file as fast as it is scored")
     loop: bool = setting(False, "replay a file or scan folder endlessly")
     fps: float | None = setting(None, "frame rate to play a file at", shown="its own")
@@ -117,6 +127,10 @@ class RunConfig:
         check(self.fps is None or self.fps > 0, f"fps: must be > 0, got {self.fps}")
         check(self.restarts >= 0, f"restarts: must be >= 0, got {self.restarts}")
         check(self.stop_timeout_s > 0, f"stop_timeout_s: must be > 0, got {self.stop_timeout_s}")
+        check_hold(self.hold)
+        host, _ = split_addr(self.view_addr)
+        check(is_loopback(host), f"view_addr: {host} is not a loopback address; to serve the page to the network "
+                                 f"run fetalhead view --allow-remote beside the run")
 
     @property
     def records(self) -> bool:
@@ -147,6 +161,8 @@ def check_inputs(config: RunConfig, open_source: Callable[..., Source]) -> None:
     keys.client_keys(config.keys, "client", "worker")
     with open_source(config.source, fps=config.fps, loop=config.loop):
         pass
+    if config.view:
+        check_free(config.view_addr)
     # Imported here: only a run reads a bundle, and the bundle module brings in Keras.
     from models.bundle import read_meta
 
@@ -162,9 +178,10 @@ def build_specs(config: RunConfig, frames: str, scores: str, *,
     mode = config.stream_mode
     v = config.verbose
     curve = ["--keys", str(config.keys)] if config.keys is not None else []
+    hold = ["--hold", str(config.hold)]
     specs = []
     if config.records:
-        args = ["--sub", scores, "--stream", stream, "--until-eos"]
+        args = ["--sub", scores, "--stream", stream, "--until-eos", *hold]
         for flag, value in (("--csv", config.csv), ("--video", config.video), ("--fps", config.fps)):
             if value is not None:
                 args += [flag, str(value)]
@@ -175,16 +192,21 @@ def build_specs(config: RunConfig, frames: str, scores: str, *,
         specs.append(ProcessSpec("record", argv, final=True, restart_argv=(*argv, "--append"), log=config.log))
     if config.watch:
         specs.append(ProcessSpec("watch", subcommand("watch", "--sub", scores, "--stream", stream, "--until-eos",
-                                                     *curve, verbose=v), final=True))
+                                                     *hold, *curve, verbose=v), final=True))
+    if config.view:
+        specs.append(ProcessSpec("view", subcommand("view", "--sub", scores, "--stream", stream, "--until-eos",
+                                                    "--addr", config.view_addr, *hold, *curve, verbose=v),
+                                 final=True, log=config.log))
     worker = ["--model", config.model, "--sub", frames, "--pub", scores, "--mode", mode, *curve]
-    if config.video is not None or config.show:
+    if config.video is not None or config.show or config.view:
         worker.append("--forward-frames")
-    consumers = config.records or config.watch
+    consumers = config.records or config.watch or config.view
     if not consumers:
         worker += ["--exit-after-eos", "1"]
     specs.append(ProcessSpec("worker", subcommand("worker", *worker, verbose=v), final=not consumers,
                              log=config.log))
-    capture = [config.source, "--pub", frames, "--mode", mode, "--stream", stream, *curve]
+    capture = [config.source, "--pub", frames, "--mode", mode, "--stream", stream, "--on-bad-frame",
+               config.on_bad_frame, *curve]
     if config.fast:
         capture.append("--fast")
     if config.loop:

@@ -37,6 +37,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import socket
 import struct
 import threading
 import time
@@ -77,6 +78,16 @@ def split_addr(addr: str) -> tuple[str, int]:
     check(bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535),
           f"addr: {addr!r} must be HOST:PORT, e.g. {DEFAULT_ADDR}")
     return host, int(port)
+
+
+def check_free(addr: str) -> None:
+    """ConfigError naming ``addr`` unless the page could be served there now."""
+    host, port = split_addr(addr)
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"addr: cannot serve on {addr}: {exc.strerror or exc}") from None
 
 
 def is_loopback(host: str) -> bool:

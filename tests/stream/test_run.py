@@ -38,15 +38,35 @@ def test_build_specs_wires_addresses_and_flags():
     specs = build_specs(config, "tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002")
     assert [s.name for s in specs] == ["record", "watch", "worker", "capture"]
     record, watch, worker, capture = specs
-    assert _args(record) == ["--sub", "tcp://127.0.0.1:7002", "--stream", "clip-1", "--until-eos",
+    assert _args(record) == ["--sub", "tcp://127.0.0.1:7002", "--stream", "clip-1", "--until-eos", "--hold", "2",
                              "--csv", "s.csv", "--video", "v.mp4"]
     assert record.restart_argv[-1] == "--append" and record.final and watch.final
-    assert "--until-eos" in _args(watch)
+    assert _args(watch) == ["--sub", "tcp://127.0.0.1:7002", "--stream", "clip-1", "--until-eos", "--hold", "2"]
     assert _args(worker) == ["--model", "m.fhb", "--sub", "tcp://127.0.0.1:7001", "--pub", "tcp://127.0.0.1:7002",
                              "--mode", "lossless", "--forward-frames"]
     assert not worker.final and not capture.final
     assert _args(capture) == ["scans/clip 1.avi", "--pub", "tcp://127.0.0.1:7001", "--mode", "lossless",
-                              "--stream", "clip-1", "--fast"]
+                              "--stream", "clip-1", "--on-bad-frame", "skip", "--fast"]
+
+
+def test_view_serves_the_page_with_the_same_hold_and_has_the_worker_forward_frames():
+    config = RunConfig(source="0", model="m.fhb", watch=False, view=True, view_addr="127.0.0.1:8123", hold=4)
+    specs = {s.name: s for s in build_specs(config, "tcp://a:1", "tcp://a:2")}
+    assert list(specs) == ["view", "worker", "capture"]
+    assert _args(specs["view"]) == ["--sub", "tcp://a:2", "--stream", "device0", "--until-eos", "--addr",
+                                    "127.0.0.1:8123", "--hold", "4"]
+    assert specs["view"].final and not specs["worker"].final
+    assert "--forward-frames" in _args(specs["worker"]) and "--exit-after-eos" not in _args(specs["worker"])
+
+
+def test_the_run_serves_its_page_on_loopback_only_and_checks_the_port_first(tmp_path, video, tiny_bundle_path):
+    with pytest.raises(ConfigError, match="view_addr: 0.0.0.0 is not a loopback address.*fetalhead view --allow"):
+        RunConfig(source="0", model="m.fhb", view=True, view_addr="0.0.0.0:8000")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=f"addr: cannot serve on {addr}"):
+            check_inputs(RunConfig(source=str(video(3)), model=str(tiny_bundle_path), view=True, view_addr=addr),
+                         open_source)
 
 
 def test_without_consumers_the_worker_ends_the_run():

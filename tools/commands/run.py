@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = dataclasses.replace(config, log=Path(tempfile.gettempdir()) / f"fetalhead-run-{os.getpid()}.log")
         if table:
             print(f"fetalhead run: the processes log to {config.log}", file=sys.stderr)
+        if config.view:
+            print(f"fetalhead run: live web page on http://{config.view_addr}/", file=sys.stderr)
         with net.signal_stop((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as stop, \
                 _logging_to(config.log) if table else contextlib.nullcontext():
             result = run_pipeline(config, stop)
