@@ -279,10 +279,14 @@ def load(path: str | Path) -> Bundle:
                                   f"{config.backbone} model ({first})") from None
     extractor.trainable = False
     threshold = float(meta.get("threshold", 0.5))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return Bundle(config=config, extractor=extractor, head=head, threshold=threshold,
                   class_names=tuple(meta.get("class_names", CLASS_NAMES)), info=meta.get("info", {}),
-                  path=path, model_id=f"{config.backbone}-{digest}")
+                  path=path, model_id=model_id(path, config.backbone))
+
+
+def model_id(path: str | Path, backbone: str) -> str:
+    """The id the worker puts in every score: the backbone and the first 12 hex digits of the file's SHA-256."""
+    return f"{backbone}-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
 
 
 def export_keras(bundle: Bundle, out: str | Path) -> Path:

@@ -38,6 +38,11 @@ def parse_roi(value: str) -> str | tuple[int, int, int, int]:
     return (x, y, w, h)
 
 
+def weights_phrase(weights: str) -> str:
+    """``weights`` in words for reports: ``random weights``, ``ImageNet weights`` or ``weights from FILE``."""
+    return {"none": "random weights", "imagenet": "ImageNet weights"}.get(weights, f"weights from {weights}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The CNN-LSTM and its preprocessing; defaults are the seed design.

@@ -77,6 +77,60 @@ def print_model_summary(config, summary, console: Console | None = None) -> None
     console.print(f"non-trainable parameters: {summary.non_trainable:,}")
 
 
+def print_bundle_info(path, meta, model_id: str, console: Console | None = None) -> None:
+    """``fetalhead model info BUNDLE``: what a bundle is, how it was trained and how well, from its metadata.
+
+    ``meta`` is ``models.bundle.read_meta``'s; bundles made outside
+    ``fetalhead train`` lack the training part, which is then said.
+    """
+    from models.config import weights_phrase
+    from train.metrics import METRIC_NAMES
+
+    console = console or Console()
+    config, info = meta["config"], meta.get("info", {})
+    train = info.get("train_config", {})
+    rows = [
+        ("model id", model_id),
+        ("backbone", f"{config['backbone']} (from {weights_phrase(config['weights'])}), "
+                     f"{meta.get('feature_dim', '?')} features per frame"),
+        ("input", f"{config['image_size']} x {config['image_size']} px, window of {config['window']} frames, "
+                  f"roi {config['roi']}, preprocessing version {meta.get('preprocess_version', 1)}"),
+        ("temporal head", f"LSTM {config['lstm_units'][0]} -> LSTM {config['lstm_units'][1]} -> "
+                          f"Dense {config['dense_units']} -> 1"),
+        ("threshold", f"{meta['threshold']:.4f}" + (f", {info['threshold_rule']}" if "threshold_rule" in info
+                                                     else "")),
+        ("calibration", info.get("calibration", "none: the threshold applies to the model's own scores")),
+    ]
+    if train:
+        rows.append(("training", f"Adam {train.get('learning_rate', '?'):g}, batch {train.get('batch_size', '?')}, "
+                                 f"{train.get('folds', '?')} folds, final model {info.get('final_epochs', '?')} "
+                                 f"epochs" + (", backbone trained" if train.get("train_backbone") else "")))
+    if "trained_on" in info:
+        scans = info["trained_on"]
+        shown = ", ".join(scans[:8]) + (f" and {len(scans) - 8} more" if len(scans) > 8 else "")
+        rows.append(("trained on", f"{len(scans)} scans: {shown}"))
+        rows.append(("held out", ", ".join(info.get("holdout", [])) or "none"))
+    cv = info.get("cross_validation")
+    if cv:
+        mean, sd, pooled = cv["folds_mean"], cv["folds_std"], cv["pooled_out_of_fold"]
+        rows.append(("cross-validation, mean ± sd over folds",
+                     ", ".join(f"{m} {mean[m]:.3f} ± {sd[m]:.3f}" for m in METRIC_NAMES)))
+        rows.append(("pooled out of fold", ", ".join(f"{m} {pooled[m]:.3f}" for m in METRIC_NAMES)))
+        within = cv.get("mean_within_scan_roc_auc")
+        if within is not None:
+            rows.append(("mean within-scan ROC-AUC", f"{within:.3f}"))
+    elif not info:
+        rows.append(("training", "not recorded: this bundle was not made by fetalhead train"))
+    versions = meta.get("versions", {})
+    rows.append(("made with", ", ".join(f"{k} {v}" for k, v in versions.items())))
+    table = Table(title=f"model bundle {path}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, escape(str(value)))
+    console.print(table)
+
+
 def print_export(path, config, console: Console | None = None) -> None:
     """What ``fetalhead model export`` wrote: the file, and the model's input and output."""
     (console or Console()).print(

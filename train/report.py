@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from models.classes import CLASS_NAMES  # noqa: E402
-from models.config import ModelConfig  # noqa: E402
+from models.config import ModelConfig, weights_phrase  # noqa: E402
 from models.settings import to_dict, to_toml  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.files import copy_file, replacing, write_text  # noqa: E402
@@ -186,8 +186,8 @@ def write_report(out: Path, model_config: ModelConfig, train_config: TrainConfig
     lines = [
         f"# {title}", "",
         *([f"**Warning:** {w}." for w in warnings] + [""] if warnings else []),
-        f"Backbone `{model_config.backbone}` ({model_config.weights} weights), image {model_config.image_size}, "
-        f"window {model_config.window}. Scores are streaming-equivalent per-frame scores: frame t is scored "
+        f"Backbone `{model_config.backbone}` ({weights_phrase(model_config.weights)}), "
+        f"image {model_config.image_size}, window {model_config.window}. Scores are streaming-equivalent per-frame scores: frame t is scored "
         f"by the window ending at t, as the live worker scores it.", "",
         *([f"Trained with Adam at learning rate {train_config.learning_rate:g} "
            f"({'backbone trained too' if train_config.train_backbone else 'frozen backbone'}), "

@@ -101,3 +101,34 @@ def test_a_run_that_did_not_learn_says_so_on_screen_and_in_the_report(capsys, tm
     assert f"warning: {warning}" in printed and "the learning rate (1e-09) may be too low" in printed
     report = (out / "report" / "report.md").read_text()
     assert f"**Warning:** {warning}" in report and "Trained with Adam at learning rate 1e-09" in report
+
+
+def test_model_info_of_a_bundle_reads_its_metadata_without_building_the_model(capsys, monkeypatch, tmp_path,
+                                                                             tiny_config, tiny_models):
+    from models.bundle import save
+
+    monkeypatch.setenv("COLUMNS", "250")  # one table row per line, so that each figure is one string
+
+    info = {"trained_on": [f"scan_{i:02d}" for i in range(10)], "holdout": ["scan_10"], "final_epochs": 7,
+            "threshold_rule": "youden on pooled out-of-fold per-frame scores",
+            "train_config": {"learning_rate": 1e-3, "batch_size": 8, "folds": 5, "train_backbone": True},
+            "cross_validation": {"folds_mean": dict.fromkeys(("accuracy", "precision", "recall", "f1", "roc_auc",
+                                                              "pr_auc"), 0.9),
+                                 "folds_std": dict.fromkeys(("accuracy", "precision", "recall", "f1", "roc_auc",
+                                                             "pr_auc"), 0.01),
+                                 "pooled_out_of_fold": dict.fromkeys(("accuracy", "precision", "recall", "f1",
+                                                                      "roc_auc", "pr_auc"), 0.88),
+                                 "mean_within_scan_roc_auc": 0.97, "threshold": 0.42}}
+    path = save(tmp_path / "m.fhb", tiny_config, *tiny_models, threshold=0.42, info=info)
+    assert model.main(["info", str(path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("tiny (from random weights)", "64 x 64 px, window of 8 frames", "0.4200, youden on pooled",
+                     "calibration │ none", "Adam 0.001, batch 8, 5 folds, final model 7 epochs, backbone trained",
+                     "10 scans: scan_00", "and 2 more", "held out │ scan_10", "roc_auc 0.900 ± 0.010",
+                     "pooled out of fold │ accuracy 0.880", "mean within-scan ROC-AUC │ 0.970", "keras_backend"):
+        assert expected in text, expected
+    bare = save(tmp_path / "bare.fhb", tiny_config, *tiny_models)
+    assert model.main(["info", str(bare)]) == 0
+    assert "not recorded: this bundle was not made by fetalhead train" in " ".join(capsys.readouterr().out.split())
+    assert model.main(["info", str(tmp_path / "nope.fhb")]) == 1
+    assert capsys.readouterr().err.strip() == f"fetalhead: error: model bundle {tmp_path / 'nope.fhb'}: not found"

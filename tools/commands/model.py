@@ -11,9 +11,15 @@ from tools.command import add_config, add_settings, add_verbose, parser, run, se
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("model", "Inspect the CNN-LSTM, or export a bundle as one end-to-end Keras model.")
     actions = subparsers(p)
-    info = actions.add_parser("info", help="architecture, feature size and parameter counts",
-                              description="Build the CNN-LSTM of these settings and list its layers, feature "
-                                          "size and parameter counts.")
+    info = actions.add_parser("info", help="a bundle's model, threshold, training and metrics; or the "
+                                           "architecture of settings",
+                              description="With BUNDLE: its backbone, image size, window, threshold and its rule, "
+                                          "calibration, cross-validation metrics, training scans and package "
+                                          "versions (read without loading the model). Without: build the "
+                                          "CNN-LSTM of these settings and list its layers, feature size and "
+                                          "parameter counts.")
+    info.add_argument("bundle", nargs="?", help="model bundle (.fhb) made by fetalhead train (default: none, "
+                                                "describe the settings' architecture)")
     add_settings(info, ModelConfig, exclude=("weights",))
     # Counting parameters needs no pretrained weights, so info never downloads them unless asked.
     info.add_argument("--weights", default="none", metavar="WEIGHTS",
@@ -32,6 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         from tools import render
 
+        if args.action == "info" and args.bundle is not None:
+            from models.bundle import model_id, read_meta
+
+            meta = read_meta(args.bundle)
+            render.print_bundle_info(args.bundle, meta, model_id(args.bundle, meta["config"]["backbone"]))
+            return 0
         if args.action == "info":
             from models.cnn_lstm import describe
 
