@@ -20,6 +20,12 @@ PREPROCESS_VERSION = 1
 # the scan area is large, so its box is exact to a few raw pixels and the
 # search costs well under a millisecond.
 _ROI_SEARCH_SIDE = 160
+# Padding to a square allocates max(H, W)**2 pixels, so a thin frame costs far more than its
+# own size (1 x 40000 pixels would pad to 1.6 G). Frames are bounded before anything is
+# allocated: the long side (8192: beyond any scanner's output) and the aspect ratio (8:1:
+# wider than any single or side-by-side view), which caps the padding at 8x the frame.
+MAX_SIDE = 8192
+MAX_ASPECT = 8
 
 
 def _as_bgr_or_gray(frame: np.ndarray) -> np.ndarray:
@@ -33,6 +39,12 @@ def _as_bgr_or_gray(frame: np.ndarray) -> np.ndarray:
         raise ValueError(f"frame must be (H, W), (H, W, 1) or (H, W, 3), got shape {frame.shape}")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise ValueError(f"frame is empty: shape {frame.shape}")
+    long_side, short_side = max(frame.shape[:2]), min(frame.shape[:2])
+    if long_side > MAX_SIDE:
+        raise ValueError(f"frame of shape {frame.shape} is too large: at most {MAX_SIDE} pixels a side")
+    if long_side > MAX_ASPECT * short_side:
+        raise ValueError(f"frame of shape {frame.shape} is too thin: its aspect ratio may be at most "
+                         f"{MAX_ASPECT}:1 (padding it to a square would take {long_side}x{long_side} pixels)")
     return frame
 
 
@@ -109,7 +121,8 @@ def normalise(images: np.ndarray, backbone: str) -> np.ndarray:
 def preprocess(frame: np.ndarray, config: ModelConfig) -> np.ndarray:
     """One raw frame -> the backbone's input.
 
-    frame: uint8 (H, W), (H, W, 1) or (H, W, 3) BGR as OpenCV gives it, any size.
+    frame: uint8 (H, W), (H, W, 1) or (H, W, 3) BGR as OpenCV gives it, up to
+    ``MAX_SIDE`` pixels a side and ``MAX_ASPECT``:1; anything else is a ValueError.
     Returns float32 (S, S, 3) with S = config.image_size, RGB, normalised as the
     backbone expects (see ``normalise``).
     """

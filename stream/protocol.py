@@ -23,6 +23,7 @@ import math
 import numbers
 import operator
 import re
+import reprlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -57,6 +58,13 @@ _MAX_STREAM_ID = 64
 # this many characters or items, so a hostile length prefix costs nothing.
 _MAX_STR = 64 * 1024
 _MAX_ITEMS = 1024
+# No message nests deeper than 2 (a map holding arrays or a map); 8 leaves room for additive
+# fields. msgpack's own limit is about 1,000, deep enough for Python's repr of the value to
+# overflow its stack.
+MAX_DEPTH = 8
+# Times are unix seconds; up to 1e10 (the year 2286) every difference of two is finite, so
+# latencies and percentiles over them never overflow to inf.
+MAX_TIME = 1e10
 # Integers must fit a signed 64-bit field so clients in other languages can hold them.
 _INT64 = 2**63
 
@@ -73,8 +81,9 @@ KIND_UNKNOWN_TYPE = "unknown_type"    # "type" is not a message type of this ver
 KIND_BAD_FIELD = "bad_field"          # a missing field, or one of the wrong type or range
 KIND_EMPTY_FRAME = "empty_frame"      # a frame with a zero dimension or no pixels
 KIND_BAD_PIXELS = "bad_pixels"        # pixels that disagree with shape/dtype, or do not decode
+KIND_TOO_DEEP = "too_deep"            # the body nests arrays or maps deeper than MAX_DEPTH
 KINDS = (KIND_OVERSIZED, KIND_NO_TOPIC, KIND_NOT_MSGPACK, KIND_NOT_A_MAP, KIND_VERSION, KIND_UNKNOWN_TYPE,
-         KIND_BAD_FIELD, KIND_EMPTY_FRAME, KIND_BAD_PIXELS)
+         KIND_BAD_FIELD, KIND_EMPTY_FRAME, KIND_BAD_PIXELS, KIND_TOO_DEEP)
 
 
 class ProtocolError(FetalheadError, ValueError):
@@ -92,8 +101,23 @@ class ProtocolError(FetalheadError, ValueError):
 # --- field checks: each returns the value in its canonical Python type -----------------
 
 
+class _Brief(reprlib.Repr):
+    """A repr that reads only a bounded part of the value: a hostile field costs nothing to show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = 60
+
+    # Repr shows bytes in full by default; cut them like strings.
+    repr_bytes = reprlib.Repr.repr_str
+
+
+_brief = _Brief()
+
+
 def _fail(where: str, what: str, value: Any, kind: str = KIND_BAD_FIELD) -> ProtocolError:
-    text = repr(value)
+    text = _brief.repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return ProtocolError(f"{where} must be {what}, got {text}", kind)
@@ -115,6 +139,10 @@ def _float(value: Any, where: str, *, lo: float = -math.inf, hi: float = math.in
     if not (math.isfinite(value) and lo <= value <= hi):
         raise _fail(where, f"a finite number in [{lo}, {hi}]", value)
     return value
+
+
+def _time(value: Any, where: str) -> float:
+    return _float(value, where, lo=0.0, hi=MAX_TIME)
 
 
 def _str(value: Any, where: str, *, choices: tuple[str, ...] | None = None) -> str:
@@ -209,9 +237,9 @@ class Frame:
     def __post_init__(self) -> None:
         _set(self, "stream", _stream(self.stream, "frame.stream", process=False))
         _set(self, "seq", _int(self.seq, "frame.seq", minimum=0))
-        _set(self, "t_capture", _float(self.t_capture, "frame.t_capture"))
+        _set(self, "t_capture", _time(self.t_capture, "frame.t_capture"))
         if self.t_source is not None:
-            _set(self, "t_source", _float(self.t_source, "frame.t_source", lo=0.0))
+            _set(self, "t_source", _time(self.t_source, "frame.t_source"))
         shape = tuple(_int(d, "frame.shape item", minimum=0) for d in _tuple(self.shape, "frame.shape"))
         if len(shape) not in (2, 3):
             raise _fail("frame.shape", "(H, W) or (H, W, C)", shape)
@@ -311,8 +339,9 @@ class Score:
         _set(self, "decision", _bool(self.decision, "score.decision"))
         _set(self, "threshold", _float(self.threshold, "score.threshold", lo=0.0, hi=1.0))
         _str(self.model, "score.model")
-        for name in ("t_capture", "t_received", "t_scored", "latency"):
-            _set(self, name, _float(getattr(self, name), f"score.{name}"))
+        for name in ("t_capture", "t_received", "t_scored"):
+            _set(self, name, _time(getattr(self, name), f"score.{name}"))
+        _set(self, "latency", _float(self.latency, "score.latency", lo=-MAX_TIME, hi=MAX_TIME))
         _set(self, "flags", tuple(_str(f, "score.flags item") for f in _tuple(self.flags, "score.flags")))
         _set(self, "window", _int(self.window, "score.window", minimum=1))
         _set(self, "dropped", _int(self.dropped, "score.dropped", minimum=0))
@@ -338,7 +367,7 @@ class EndOfStream:
         if self.last_seq is not None:
             _set(self, "last_seq", _int(self.last_seq, "end_of_stream.last_seq", minimum=0))
         _str(self.reason, "end_of_stream.reason")
-        _set(self, "t", _float(self.t, "end_of_stream.t"))
+        _set(self, "t", _time(self.t, "end_of_stream.t"))
 
 
 @dataclass(frozen=True)
@@ -365,7 +394,7 @@ class Heartbeat:
         _set(self, "stream", _stream(self.stream, "heartbeat.stream", process=True))
         _str(self.role, "heartbeat.role")
         _set(self, "pid", _int(self.pid, "heartbeat.pid", minimum=0))
-        _set(self, "t", _float(self.t, "heartbeat.t"))
+        _set(self, "t", _time(self.t, "heartbeat.t"))
         if not isinstance(self.stats, dict):
             raise _fail("heartbeat.stats", "a map", self.stats)
         stats: dict[str, int | float] = {}
@@ -402,7 +431,7 @@ class Status:
         _str(self.level, "status.level", choices=LEVELS)
         if not isinstance(self.message, str):
             raise _fail("status.message", "a string", self.message)
-        _set(self, "t", _float(self.t, "status.t"))
+        _set(self, "t", _time(self.t, "status.t"))
 
 
 Message = Frame | Score | EndOfStream | Heartbeat | Status
@@ -495,6 +524,23 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
 
 
+def _depth_within(value: Any, limit: int) -> bool:
+    """True when no array or map inside ``value`` (unpacked msgpack) lies deeper than ``limit`` levels."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
 def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:
     """The message in ``data`` (bytes-like, e.g. a ZeroMQ frame's buffer).
 
@@ -502,7 +548,8 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:
     message of a supported version (its ``kind`` says what class of problem,
     one of ``KINDS``); unknown extra map fields are ignored.
     Nothing is allocated beyond ``max_size``: the length is checked before
-    unpacking and msgpack's length limits are capped. A frame's pixels are
+    unpacking and msgpack's length limits are capped; nesting deeper than
+    ``MAX_DEPTH`` is refused before any field is looked at. A frame's pixels are
     copied once out of ``data``; ``Frame.image()`` then views them.
     """
     view = memoryview(data)
@@ -524,6 +571,9 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:
                                max_map_len=_MAX_ITEMS, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types for bad input; the contract is ProtocolError
         raise ProtocolError(f"stream {stream!r}: body is not msgpack ({_one_line(exc)})", KIND_NOT_MSGPACK) from None
+    if not _depth_within(body, MAX_DEPTH):
+        raise ProtocolError(f"stream {stream!r}: body nests arrays or maps deeper than {MAX_DEPTH} levels",
+                            KIND_TOO_DEEP)
     if not isinstance(body, dict):
         raise ProtocolError(f"stream {stream!r}: body is a msgpack {type(body).__name__}, not a map", KIND_NOT_A_MAP)
     if "v" not in body:

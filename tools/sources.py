@@ -137,7 +137,8 @@ def open_source(spec: str, *, fps: float | None = None, loop: bool = False, seed
                 size: tuple[int, int] = (256, 320)) -> Source:
     """The source that ``spec`` names, opened and checked.
 
-    spec: a device index (``"0"``), a video file, a scan folder or ``"synthetic"``.
+    spec: a device index (``"0"``), a video file, a scan folder, ``"synthetic"`` or an
+    OpenIGTLink server ``igtl://HOST:PORT[/DEVICE]`` (``stream.igtl.IgtlSource``).
     fps: the nominal frame rate, overriding the file's own (for a device, a
     request to the driver). loop: replay a file or folder endlessly.
     seed, size (height, width): the synthetic source's frames.
@@ -150,9 +151,25 @@ def open_source(spec: str, *, fps: float | None = None, loop: bool = False, seed
         return DeviceSource(int(text), fps=fps)
     if text == SYNTHETIC:
         return SyntheticSource(fps=fps, seed=seed, height=size[0], width=size[1])
+    if text.startswith("igtl://"):
+        # Imported here, like load_scan: an OpenIGTLink client is needed for igtl:// only.
+        from stream.igtl import IgtlSource
+
+        return IgtlSource(text)
     path = Path(text)
+    # Imported here, like load_scan: pydicom is needed for DICOM only.
+    from stream.dicom import DicomSource, is_dicom, is_dicom_folder
+
+    if is_dicom_folder(path) or (path.is_file() and (path.suffix.lower() == ".dcm" or is_dicom(path))):
+        return DicomSource(path, fps=fps, loop=loop)
     if path.is_dir():
-        return ScanFolderSource(path, fps=fps, loop=loop)
+        folder = ScanFolderSource(path, fps=fps, loop=loop)
+        if folder.scan.video is None or not is_dicom(folder.scan.video):
+            return folder
+        # A scan whose frames are a DICOM cine plays with the cine's own timing, under the scan's name.
+        cine = DicomSource(folder.scan.video, fps=fps, loop=loop)
+        cine.name = folder.name
+        return cine
     if not path.exists():
         raise SourceError(f"source {text}: not found (expected a device index, a video file, "
                           f"a scan folder or '{SYNTHETIC}')")

@@ -2,11 +2,12 @@
 
 A dataset is a folder with one folder per scan. A scan folder holds either
 frame images (png, jpg, jpeg, bmp, tif, tiff) directly, under ``frames/`` or
-under ``ImageData/``, or exactly one video (mp4, avi, mov, mkv); and its labels
-in ``labels.csv`` or ``labels.xlsx``: one row per frame, naming the frame by
-file name (with or without extension, any case) or, for a video, by 0-based
-frame index. Instead of a label file, frames may sit in class folders
-``Head/`` and ``Not-Head/``. Frames are always in natural order of their file
+under ``ImageData/``, or exactly one video (mp4, avi, mov, mkv, or a DICOM
+cine ``.dcm``, read by ``models.dicom``); and its labels in ``labels.csv`` or
+``labels.xlsx``: one row per frame, naming the frame by file name (with or
+without extension, any case) or, for a video, by 0-based frame index.
+Instead of a label file, frames may sit in class folders ``Head/`` and
+``Not-Head/``. Frames are always in natural order of their file
 names (``frame2`` before ``frame10``), across both class folders.
 
 Problems are ``fatal`` when the scan's data is wrong or ambiguous as it stands,
@@ -43,7 +44,9 @@ from models.errors import DataError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+# A DICOM cine is a scan's video too: its frames are labelled by index the same way.
+DICOM_SUFFIX = ".dcm"
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", DICOM_SUFFIX)
 LABEL_SUFFIXES = (".csv", ".xlsx")
 FRAME_FOLDERS = ("frames", "imagedata")  # compared lower-case
 FRAME_COLUMNS = ("frame", "file", "filename", "file_name", "image", "image_name", "image_file",
@@ -100,6 +103,9 @@ class Scan:
             for path in self.frame_files:
                 yield read_image(path)
             return
+        if _is_dicom(self.video):
+            yield from _dicom_frames(self.video, len(self))
+            return
         capture = _open_video(self.video)
         try:
             for i in range(len(self)):
@@ -121,6 +127,9 @@ class Scan:
             raise IndexError(f"frame {i} is out of range for scan {self.name} ({len(self)} frames)")
         if self.video is None:
             return read_image(self.frame_files[i])
+        if _is_dicom(self.video):
+            *_, frame = _dicom_frames(self.video, i + 1)
+            return frame
         capture = _open_video(self.video)
         try:
             capture.set(cv2.CAP_PROP_POS_FRAMES, i)
@@ -388,8 +397,47 @@ def _open_video(path: Path) -> cv2.VideoCapture:
     return capture
 
 
+def _is_dicom(path: Path) -> bool:
+    return path.suffix.lower() == DICOM_SUFFIX
+
+
+def _open_cine(path: Path):
+    """The cine's header; its DataError led by the path alone, as every Problem here is."""
+    from models.dicom import open_cine
+
+    try:
+        return open_cine(path)
+    except DataError as exc:
+        raise DataError(f"{path}: {str(exc).removeprefix(f'DICOM file {path}: ')}") from None
+
+
+def _dicom_frames(path: Path, count: int) -> Iterator[np.ndarray]:
+    """The first ``count`` frames of a DICOM cine: uint8 (H, W) or (H, W, 3) BGR; DataError at a damaged one."""
+    from models.dicom import Gap, read_frames
+
+    if count <= 0:
+        return
+    for item in read_frames(_open_cine(path)):
+        if isinstance(item, Gap):
+            raise DataError(f"{path}: {item.reason}")
+        yield item[1]
+        if item[0] + 1 >= count:
+            return
+
+
+def _count_dicom_frames(path: Path, decode: bool) -> int:
+    """The header's Number of Frames, checked against the data by decoding every frame (``decode``)."""
+    frame_count = _open_cine(path).frame_count
+    if decode:
+        for _ in _dicom_frames(path, frame_count):
+            pass
+    return frame_count
+
+
 def _count_video_frames(path: Path, decode: bool) -> int:
     """Decodable frames (``decode``) or the container's frame count, which may be approximate."""
+    if _is_dicom(path):
+        return _count_dicom_frames(path, decode)
     capture = _open_video(path)
     try:
         if not decode:

@@ -98,3 +98,25 @@ def test_bad_frames_are_named(frame, message):
     with pytest.raises(ValueError) as info:
         preprocess(frame, ModelConfig(backbone="tiny", image_size=48))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("shape, message", [
+    # Padded to a square, 1 MB would ask for 1 TB.
+    ((1, 1_000_000), "frame of shape (1, 1000000) is too large: at most 8192 pixels a side"),
+    ((8193, 4000, 3), "frame of shape (8193, 4000, 3) is too large"),
+    ((2, 4000), "frame of shape (2, 4000) is too thin: its aspect ratio may be at most 8:1 (padding it to a square "
+                "would take 4000x4000 pixels)"),
+    ((900, 100, 3), "is too thin"),
+])
+def test_frames_whose_padding_would_be_huge_are_refused_before_it(shape, message):
+    frame = np.zeros(shape, np.uint8)
+    for call in (lambda: preprocess(frame, ModelConfig(backbone="tiny", image_size=48)),
+                 lambda: scan_area(frame), lambda: crop(frame, "none")):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [(8, 64), (64, 8, 3), (8192, 1024)])
+def test_frames_at_the_bounds_are_taken(shape):
+    assert preprocess(np.full(shape, 90, np.uint8), ModelConfig(backbone="tiny", image_size=48)).shape == (48, 48, 3)

@@ -89,6 +89,8 @@ BAD_INPUT = [
      "heartbeat in a worker's name (stream '_worker') on the frames socket, not forwarded"),
     (protocol.encode(protocol.Status("_worker", "error", "model failed", time.time())), "spoofed",
      "status in a worker's name"),
+    (protocol.encode(protocol.Heartbeat("_relay", "worker", 1, time.time(), {"loading": 1})), "spoofed",
+     "heartbeat in a worker's name (stream '_relay')"),
 ]
 
 

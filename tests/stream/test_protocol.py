@@ -16,6 +16,8 @@ from models.errors import ConfigError, FetalheadError
 from stream.protocol import (
     DEFAULT_MAX_SIZE,
     KINDS,
+    MAX_DEPTH,
+    MAX_TIME,
     EndOfStream,
     Frame,
     Heartbeat,
@@ -342,6 +344,67 @@ def test_hostile_length_prefixes_allocate_nothing(body):
     assert peak < 2 * 1024 * 1024
 
 
+def _nested(depth: int, leaf=1):
+    """``leaf`` inside ``depth`` arrays."""
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def test_nesting_deeper_than_the_bound_is_its_own_rejection_not_a_recursion_error():
+    stream, body = _body(encode(SAMPLE_FRAME))
+    # The body map is level 1: an unknown field may hold arrays down to level MAX_DEPTH.
+    assert decode(_wire(stream, {**body, "future": _nested(MAX_DEPTH - 1)})) == SAMPLE_FRAME
+    cases = [{**body, "future": _nested(MAX_DEPTH)},
+             # Deep enough for Python's repr of the shape to overflow the stack, as msgpack allows.
+             {**body, "shape": _nested(1000)}, {**body, "shape": _nested(1020)},
+             {"v": 1, "type": "heartbeat", "stream": "_w", "role": "w", "pid": 1, "t": 1.0,
+              "stats": {"x": _nested(900, {})}}]
+    for case in cases:
+        with pytest.raises(ProtocolError, match=f"nests arrays or maps deeper than {MAX_DEPTH} levels") as info:
+            decode(_wire(stream if case is not cases[-1] else b"_w", case))
+        assert info.value.kind == "too_deep"
+
+
+@pytest.mark.parametrize("field, value", [("t_capture", 1e308), ("t_capture", -1e308), ("t_capture", -0.5),
+                                          ("t_capture", MAX_TIME * 1.01), ("t_source", 1e300)])
+def test_times_are_bounded_so_every_latency_stays_finite(field, value):
+    expected = rf"frame.{field} must be a finite number in \[0.0, 10000000000.0\]"
+    with pytest.raises(ProtocolError, match=expected) as info:
+        decode(_replace(SAMPLE_FRAME, **{field: value}))
+    assert info.value.kind == "bad_field"
+
+
+def test_the_widest_times_still_give_finite_latencies():
+    frame = decode(_replace(SAMPLE_FRAME, t_capture=0.0, t_source=MAX_TIME))
+    latest = _score(t_capture=frame.t_capture, t_received=MAX_TIME, t_scored=MAX_TIME, latency=MAX_TIME)
+    assert decode(encode(latest)) == latest
+    assert decode(encode(_score(latency=-MAX_TIME))).latency == -MAX_TIME
+    for name in ("t_received", "t_scored"):
+        with pytest.raises(ProtocolError, match=f"score.{name} must be a finite number"):
+            _score(**{name: -1.0})
+    for msg, t in ((EndOfStream("probe1", 1, "eof", 1.0), -1.0), (Heartbeat("_worker", "worker", 1, 1.0, {}), 1e11),
+                   (Status("probe1", "info", "", 1.0), 1e308)):
+        with pytest.raises(ProtocolError, match=rf"{msg.TYPE}\.t must be a finite number in"):
+            decode(_replace(msg, t=t))
+
+
+@pytest.mark.parametrize("value", ["x" * 60_000, b"y" * 10_000_000, tuple(range(1000)), {"a": ("b" * 60_000,) * 1000}])
+def test_a_huge_bad_value_costs_a_short_line(value):
+    stream, body = _body(encode(SAMPLE_FRAME))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError) as info:
+            Frame(**{**{k: body[k] for k in ("stream", "seq", "t_capture", "t_source", "shape", "encoding",
+                                              "spacing", "pixels")}, "dtype": value})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert re.match("frame.dtype must be (a non-empty string|one of uint8), got ", str(info.value))
+    assert len(str(info.value)) < 120
+    assert peak < 64 * 1024
+
+
 # --- fuzzing ---------------------------------------------------------------------------
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -423,7 +486,7 @@ def test_decode_of_maps_with_wrong_field_values_raises_only_protocol_errors(vali
 
 
 @FUZZ
-@given(score=st.floats(0, 1), seq=st.integers(0, 2**63 - 1), t=st.floats(-1e12, 1e12),
+@given(score=st.floats(0, 1), seq=st.integers(0, 2**63 - 1), t=st.floats(0, MAX_TIME),
        flags=st.lists(st.sampled_from(["warmup", "gap", "future_flag"]), max_size=3))
 def test_score_round_trips_for_any_valid_values(score, seq, t, flags):
     msg = _score(score=score, seq=seq, t_capture=t, flags=tuple(flags))

@@ -1,4 +1,5 @@
 import dataclasses
+import logging
 import time
 
 import msgpack
@@ -109,6 +110,97 @@ def test_dropped_frames_are_reported_per_stream(scorer):
     assert scorer.stats()["dropped.d"] == 3 and scorer.stats()["dropped"] == 3
     scorer.end("d")
     assert "d" not in scorer.streams
+
+
+def test_dropped_counts_the_seqs_that_never_arrived_and_a_late_start_is_a_gap(scorer, tiny_runtime):
+    images = make_frames(6)
+    # The stream began before this scorer: its first score is flagged, what came before is unknown.
+    first = scorer.score(frames_of("late", images[:1], seqs=[40]), time.time())
+    assert first[0].flags == ("warmup", "gap") and first[0].dropped == 0
+    # 41 and 42 never arrived; 44 was skipped for 45 (live mode): all three are never scored.
+    scorer.score(frames_of("late", images[1:2], seqs=[43]), time.time())
+    (skipped,) = frames_of("late", images[3:4], seqs=[44])
+    assert scorer.admit(skipped)
+    scorer.drop("late")
+    (last,) = scorer.score(frames_of("late", images[2:3], seqs=[45]), time.time())
+    assert last.dropped == 3 and "gap" in last.flags
+    stats = scorer.stats()
+    assert stats["lost"] == 2 and stats["dropped"] == 1 and stats["dropped.late"] == 3
+    # A capture that starts again from 0 is no gap.
+    again = scorer.score(frames_of("late", images[3:5]), time.time())
+    assert [s.flags for s in again] == [("warmup",), ("warmup",)] and again[-1].dropped == 3
+
+
+def test_a_new_stream_over_max_streams_is_rejected_until_one_ends(tiny_runtime, tiny_bundle):
+    scorer = Scorer(tiny_runtime, tiny_bundle.threshold, tiny_bundle.model_id, max_streams=2)
+    (image,) = make_frames(1)
+    first = scorer.score(frames_of("a", [image]) + frames_of("b", [image]), time.time())
+    assert [s.stream for s in first] == ["a", "b"]
+    assert scorer.score(frames_of("c", [image]), time.time()) == []
+    # Known streams go on.
+    assert [s.seq for s in scorer.score(frames_of("a", [image], seqs=[1]), time.time())] == [1]
+    assert scorer.rejected == {"too_many_streams": 1} and set(scorer.streams) == {"a", "b"}
+    scorer.end("a")
+    assert [s.stream for s in scorer.score(frames_of("c", [image]), time.time())] == ["c"]
+
+
+def test_idle_streams_are_forgotten_with_a_status(tiny_runtime, tiny_bundle):
+    now = [100.0]
+    scorer = Scorer(tiny_runtime, tiny_bundle.threshold, tiny_bundle.model_id, idle_s=10.0, clock=lambda: now[0])
+    images = make_frames(3)
+    scorer.score(frames_of("a", images[:1]) + frames_of("b", images[:1]), time.time())
+    now[0] = 108.0
+    scorer.score(frames_of("a", images[1:2], seqs=[1]), time.time())
+    now[0] = 112.0
+    assert scorer.expire() == ["b"]
+    assert list(scorer.streams) == ["a"] and scorer.stats()["streams_expired"] == 1
+    (status,) = scorer.events
+    assert (status.stream, status.level) == ("b", "info")
+    assert status.message == ("stream b: no frame for 10 s, forgotten (its window and counters); "
+                              "a new frame starts it afresh")
+    now[0] = 118.0
+    assert scorer.expire() == ["a"] and not scorer.streams
+    # A forgotten stream that comes back starts afresh, flagged: its earlier frames are unknown now.
+    (score,) = scorer.score(frames_of("b", images[2:], seqs=[7]), time.time())
+    assert score.flags == ("warmup", "gap") and score.window == 1
+
+
+def test_heartbeat_stats_stay_within_what_a_decoder_takes_however_many_streams(tiny_runtime, tiny_bundle):
+    scorer = Scorer(tiny_runtime, tiny_bundle.threshold, tiny_bundle.model_id, max_streams=2000)
+    (image,) = make_frames(1)
+    for start in range(0, 1200, 400):
+        scorer.score([f for i in range(start, start + 400) for f in frames_of(f"s{i}", [image])], time.time())
+    stats = scorer.stats()
+    assert stats["streams"] == 1200 and stats["frames_out"] == 1200
+    per_stream = sorted(k.removeprefix("frames_out.") for k in stats if k.startswith("frames_out."))
+    # The most recently seen streams are the ones detailed.
+    assert per_stream == sorted(f"s{i}" for i in range(1168, 1200))
+    beat = protocol.Heartbeat("_worker", "worker", 1, time.time(), stats)
+    assert protocol.decode(protocol.encode(beat)).stats == stats
+
+
+class FlakyRuntime(Runtime):
+    """The tiny model, whose backbone fails on any batch that holds an all-black frame."""
+
+    def features(self, images):
+        # Black is -1 after the tiny backbone's normalisation (warm-up's zeros stay 0).
+        if any(np.all(image == -1.0) for image in images):
+            raise RuntimeError("backbone failed\nsecond line of the trace")
+        return super().features(images)
+
+
+def test_a_frame_that_breaks_the_model_costs_only_itself(tiny_bundle, tiny_runtime, caplog):
+    runtime = FlakyRuntime(tiny_bundle.config, tiny_bundle.extractor, tiny_bundle.head)
+    scorer = Scorer(runtime, tiny_bundle.threshold, tiny_bundle.model_id)
+    images = make_frames(4)
+    images[2] = np.zeros_like(images[2])
+    with caplog.at_level(logging.WARNING, logger="stream.worker"):
+        scores = scorer.score(frames_of("f", images), time.time())
+    assert [s.seq for s in scores] == [0, 1, 3]
+    assert scorer.rejected == {"internal": 1}
+    assert scores[-1].dropped == 1 and "gap" in scores[-1].flags
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert line == "rejected frame f#2 (internal): RuntimeError: backbone failed"
 
 
 @pytest.mark.parametrize("data, key", [
