@@ -179,6 +179,16 @@ def bench_backbone(backbone: str, bundle, config: BenchConfig) -> list[Row]:
                 "model.predict", "< 1")]
 
 
+def _end(process: subprocess.Popen) -> None:
+    """Ask a benchmarked child to stop; kill it if it has not in 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class WorkerProcess:
     """A real ``fetalhead worker`` process, its frames fed from here and its scores read here."""
 
@@ -214,12 +224,7 @@ class WorkerProcess:
         return out
 
     def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        _end(self.process)
         self.frames.close(linger=0)
         self.scores.close()
 
@@ -412,12 +417,7 @@ class ViewProcess:
     def close(self) -> None:
         self._done.set()
         self._client.join(5)
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        _end(self.process)
 
 
 def bench_view(backbone: str, config: BenchConfig, frames: list[np.ndarray], model: Path) -> list[Row]:
