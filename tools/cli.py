@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "capture": "publish frames from a device, video file, scan folder or synthetic source",
     "worker": "score every frame of the subscribed streams with a model bundle",
     "watch": "live view of the scores of every stream",
+    "igtl-out": "serve every score as an OpenIGTLink STRING message (3D Slicer, devices)",
     "view": "live web page: each stream's image with its verdict, score timeline and health",
     "record": "write scores to CSV and annotated frames to a video",
     "run": "capture, worker and viewer as supervised processes",
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fetalhead: error: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"tools.commands.{name}")
+    module = importlib.import_module(f"tools.commands.{name.replace('-', '_')}")
     try:
         return int(module.main(rest) or 0)
     except SystemExit as exc:

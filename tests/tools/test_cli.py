@@ -52,6 +52,7 @@ BAD_FLAGS = [
     (["watch", "--interval", "often"], "argument --interval: invalid float value: 'often'"),
     (["record", "--fps", "fast"], "argument --fps: invalid float value: 'fast'"),
     (["view", "--max-fps", "many"], "argument --max-fps: invalid float value: 'many'"),
+    (["igtl-out", "--port", "x"], "argument --port: invalid int value: 'x'"),
     (["run", "synthetic", "--mode", "fast"], "argument --mode: invalid choice: 'fast' (choose from 'live', 'lossless')"),
     (["keys"], "the following arguments are required: folder"),
     (["soak", "--minutes", "long"], "argument --minutes: invalid float value: 'long'"),
@@ -102,7 +103,7 @@ def test_every_command_is_covered():
 # Every command and sub-command; an option without a default says it is required.
 HELP_PAGES = [["model", "info"], ["model", "export"], ["synth"], ["data", "check"], ["train"], ["train", "merge"],
               ["evaluate"], ["capture"], ["worker"], ["watch"], ["record"], ["run"], ["keys"], ["demo"], ["bench"],
-              ["soak"]]
+              ["soak"], ["view"], ["igtl-out"]]
 NO_DEFAULT = {"-h", "-v", "--config"}
 
 
