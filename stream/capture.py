@@ -313,7 +313,8 @@ def _publish_frames(source: Source, pub: _Publisher, config: CaptureConfig) -> s
         yielded += 1
         if pub.stop.is_set() or not pub.sleep(pacer.due_in(time.monotonic())):
             return "stopped"
-        msg = protocol.frame_message(pub.stream, seq, image, encoding=config.encoding, t_source=t_source)
+        msg = protocol.frame_message(pub.stream, seq, image, encoding=config.encoding, t_source=t_source,
+                                     spacing=source.spacing)
         # Only a lossless send waits, and it fails only when asked to stop.
         if not pub.send(protocol.encode(msg), wait=lossless) and lossless:
             return "stopped"

@@ -92,7 +92,7 @@ class DicomSource(Source):
         self.retry = loop
         self._fps_given = float(fps) if fps else None
         self.cines = self._open()
-        self.spacing: tuple[float, float] | None = self.cines[0].spacing
+        self.spacing = self.cines[0].spacing
         self.fps = self._fps_given or self.cines[0].fps or DEFAULT_FPS
         if self._fps_given is None and self.cines[0].fps is None:
             logger.warning("DICOM %s: no frame time or rate in the file, playing at %g fps", self.path, DEFAULT_FPS)

@@ -156,7 +156,6 @@ class IgtlSource(Source):
             raise SourceError(f"{spec}: timeouts must be > 0, got {connect_timeout_s} and {silence_s}")
         self.connect_timeout_s = connect_timeout_s
         self.silence_s = silence_s
-        self.spacing: tuple[float, float] | None = None
         self._sock: socket.socket | None = None
         self._held = None
         self._pending: list[str] = []  # warnings given before the capture listens (``on_warning``)

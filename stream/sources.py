@@ -70,12 +70,15 @@ class Source:
     ``realtime`` whether frames come at their own pace (a device: pacing
     them again would only add latency). ``missing`` counts the frames left
     out so far (``skip``): the capture numbers each frame by the frames
-    before it, read or not. ``on_warning``, when set, is called with every
+    before it, read or not. ``spacing`` is the (row, col) pixel size in mm
+    of the frame last yielded, None when the source does not know it (a
+    video file or a camera). ``on_warning``, when set, is called with every
     warning's text as well.
     """
 
     name: str = "source"
     fps: float | None = None
+    spacing: tuple[float, float] | None = None
     retry: bool = False
     realtime: bool = False
     missing: int = 0

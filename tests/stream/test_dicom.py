@@ -244,6 +244,23 @@ def test_a_transfer_syntax_whose_plugin_is_not_installed_names_the_package(tmp_p
     assert "pip install pylibjpeg pylibjpeg-libjpeg" in lines[0]
 
 
+def test_captured_frames_carry_the_files_spacing_in_mm_and_a_video_none(tmp_path, background, sockets, address):
+    path = write_cine(tmp_path / "us.dcm", gray_frames(3), SequenceOfUltrasoundRegions=[_region(3, 0.02, 0.025)])
+    messages, _ = run_capture(DicomSource(path), background, sockets, address)
+    frames = [m for m in messages if isinstance(m, protocol.Frame)]
+    # Physical Delta Y is the row pitch, X the column pitch: 0.025 cm, 0.02 cm.
+    assert len(frames) == 3 and all(f.spacing == pytest.approx((0.25, 0.2)) for f in frames)
+    mp4 = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (40, 32), True)
+    assert writer.isOpened(), f"cannot write {mp4}"
+    for frame in make_frames(3, 32, 40):
+        writer.write(frame)
+    writer.release()
+    messages, _ = run_capture(open_source(str(mp4)), background, sockets, address)
+    frames = [m for m in messages if isinstance(m, protocol.Frame)]
+    assert len(frames) == 3 and all(f.spacing is None for f in frames)
+
+
 def run_capture(source, background, sockets, address, **config):
     addr = address()
     pull = sockets(zmq.PULL, connect=addr)

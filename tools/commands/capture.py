@@ -1,4 +1,5 @@
-"""``fetalhead capture``: publish the frames of a device, video file, scan folder or synthetic source."""
+"""``fetalhead capture``: publish the frames of a device, video file, scan folder, DICOM cine, OpenIGTLink
+server or synthetic source."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from tools.sources import open_source
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("capture", "Publish frames from a video device, video file, scan folder or synthetic source.")
-    p.add_argument("source", help="device index (0), video file, scan folder, or 'synthetic'")
+    p = parser("capture", "Publish frames from a video device, video file, scan folder, DICOM file or folder, "
+                          "OpenIGTLink server or synthetic source.")
+    p.add_argument("source", help="device index (0), video file, scan folder, DICOM file or folder of DICOM "
+                                  "files, igtl://HOST:PORT[/DEVICE] (an OpenIGTLink server), or "
+                                  "'synthetic'")
     add_settings(p.add_mutually_exclusive_group(), CaptureConfig, only=("fps", "fast"))
     add_settings(p, CaptureConfig, exclude=("fps", "fast"))
     add_config(p, "capture")

@@ -1,15 +1,17 @@
-"""``fetalhead model info|export``: inspect the CNN-LSTM, or export a bundle as one Keras model."""
+"""``fetalhead model info|export``: inspect the CNN-LSTM, or export a bundle as Keras, ONNX or a SavedModel."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Sequence
 
 from models.config import ModelConfig
+from models.export import CHOICES, export_format
 from tools.command import add_config, add_settings, add_verbose, parser, run, settings, subparsers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("model", "Inspect the CNN-LSTM, or export a bundle as one end-to-end Keras model.")
+    p = parser("model", "Inspect the CNN-LSTM, or export a bundle for Keras, ONNX or TensorFlow.")
     actions = subparsers(p)
     info = actions.add_parser("info", help="a bundle's model, threshold, training and metrics; or the "
                                            "architecture of settings",
@@ -27,11 +29,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "(default for info: none)")
     add_config(info, "model")
     add_verbose(info)
-    export = actions.add_parser("export", help="write BUNDLE's end-to-end model as a .keras file",
-                                description="Write a bundle's extractor and head as one end-to-end Keras model "
-                                            "that loads with Keras alone.")
+    export = actions.add_parser("export", help="write BUNDLE's model as a .keras file, ONNX or a TensorFlow SavedModel",
+                                description="Write a bundle's extractor and head as one end-to-end model (preprocessed "
+                                            "frames (B, window, S, S, 3) -> scores (B, window)) in the format OUT's "
+                                            "extension names, or with --pieces as the two parts a device runs its "
+                                            "own rolling buffer with. docs/export.md spells out the inputs.")
     export.add_argument("bundle", help="model bundle (.fhb) made by fetalhead train")
-    export.add_argument("out", help="output path ending in .keras")
+    export.add_argument("out", type=_export_target, help=f"output: {CHOICES}")
+    export.add_argument("--pieces", action="store_true",
+                        help="write the extractor (frames (N, S, S, 3) -> features (N, F)) and the head (features "
+                             "(B, window, F) -> scores (B, window)) as OUT-extractor and OUT-head, each with OUT's "
+                             "extension, instead of the end-to-end model (default: off)")
     add_verbose(export)
     args = p.parse_args(argv)
 
@@ -50,10 +58,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = settings(args, ModelConfig, "model")
             render.print_model_summary(config, describe(config))
             return 0
-        from models.bundle import export_keras, load
+        from models.bundle import load
+        from models.export import export
 
         bundle = load(args.bundle)
-        render.print_export(export_keras(bundle, args.out), bundle.config)
+        written = export(bundle, args.out, pieces=args.pieces)
+        if not args.pieces:
+            render.print_export(written[0], bundle.config)
+            return 0
+        from rich.console import Console
+
+        size, window, features = bundle.config.image_size, bundle.config.window, bundle.extractor.output_shape[-1]
+        console = Console(highlight=False, soft_wrap=True)
+        console.print(f"wrote {written[0]}: frames (N, {size}, {size}, 3) preprocessed by models.preprocess -> "
+                      f"features (N, {features})")
+        console.print(f"wrote {written[1]}: features (batch, {window}, {features}) -> scores (batch, {window})")
         return 0
 
     return run(work, verbose=args.verbose)
+
+
+def _export_target(text: str) -> str:
+    """OUT, checked for a known format while parsing, so a wrong extension is a usage error."""
+    try:
+        export_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
