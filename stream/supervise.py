@@ -43,7 +43,8 @@ _PR_SET_PDEATHSIG = 1
 # Loaded before any fork: the child between fork and exec should only call, not load.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-_WORKER_TOPIC = protocol.topic(protocol.process_id("worker"))
+# A prefix, not a whole topic: a sharded or named worker beats as ``_worker.NAME``.
+_WORKER_PREFIX = protocol.process_id("worker").encode()
 
 # How a fetalhead child ends (tools.command): 1 after its one-line error (a setting, the source or the
 # model is wrong) and 2 after a bad flag. Starting it again cannot help; any other status is a crash.
@@ -360,7 +361,7 @@ class WorkerReady:
 
     def __init__(self, addr: str, curve: ClientKeys | None = None) -> None:
         self.ready = False
-        self._sock = net.socket(zmq.SUB, connect=addr, subscribe=[_WORKER_TOPIC], curve=curve)
+        self._sock = net.socket(zmq.SUB, connect=addr, subscribe=[_WORKER_PREFIX], curve=curve)
 
     def __call__(self, timeout_s: float = 0.0) -> bool:
         """Whether the worker is ready, waiting up to ``timeout_s`` seconds for its first ready heartbeat."""
@@ -373,7 +374,7 @@ class WorkerReady:
                 msg = protocol.decode(data)
             except protocol.ProtocolError:
                 continue
-            self.ready = isinstance(msg, protocol.Heartbeat) and not msg.loading
+            self.ready = isinstance(msg, protocol.Heartbeat) and msg.role == "worker" and not msg.loading
         return self.ready
 
     def close(self) -> None:

@@ -301,12 +301,13 @@ def test_worker_ready_waits_for_a_heartbeat_that_is_not_loading(address, sockets
         ready.close()
 
 
-def test_wait_ready_returns_once_a_worker_is_ready(address, sockets, background):
+@pytest.mark.parametrize("worker_id", ["_worker", "_worker.0of2"])
+def test_wait_ready_returns_once_a_worker_is_ready(address, sockets, background, worker_id):
     addr = address()
     pub = sockets(zmq.XPUB, bind=addr)
     waiting = background(lambda stop: wait_ready(addr, timeout_s=WAIT_S, poll_s=0.05))
     assert net.recv(pub, WAIT_S) is not None, "wait_ready never subscribed"
-    beat = protocol.Heartbeat("_worker", "worker", 4321, time.time(), {"frames_in": 0})
+    beat = protocol.Heartbeat(worker_id, "worker", 4321, time.time(), {"frames_in": 0})
     while waiting.thread.is_alive():
         pub.send(protocol.encode(beat))
         time.sleep(0.02)
