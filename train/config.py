@@ -30,6 +30,7 @@ class TrainConfig:
     the bundle's threshold on the pooled out-of-fold scores. ``xla`` compiles
     the training step with XLA: "auto" does so for packs of several heads
     long enough to repay the compile (see ``train.trainer.compile_with_xla``).
+    ``ray`` is a Ray cluster's address (``train.cluster``), "" to train here.
     ``progress`` is read by the command, which draws the bars.
     """
 
@@ -57,6 +58,9 @@ class TrainConfig:
     extract_batch: int = setting(32, "frames per batch through the backbone when extracting features")
     xla: Literal["auto", "on", "off"] = setting("auto", "compile training steps with XLA (auto: for long runs "
                                                         "of several heads)")
+    ray: str = setting("", "train the folds and the final model as tasks on the Ray cluster at this address "
+                           "(auto: the one running here, else a new local one); docs/cluster.md",
+                       shown="no cluster")
     progress: bool = setting(True, "draw progress bars")
 
     def __post_init__(self) -> None:

@@ -100,7 +100,7 @@ def _check_run_folder(out: Path, identity: dict[str, Any]) -> None:
 def split_identity(train_config: TrainConfig) -> dict[str, Any]:
     """The settings that must agree for fold results to be combined."""
     settings = to_dict(train_config)
-    for free in ("fold", "progress", "cache_dir", "extract_batch", "final", "final_epochs", "xla"):
+    for free in ("fold", "progress", "cache_dir", "extract_batch", "final", "final_epochs", "xla", "ray"):
         settings.pop(free)
     return settings
 
@@ -185,10 +185,11 @@ def train_pack(out: Path, jobs: list[Job], model_config: ModelConfig, train_conf
         val_sets.append(val if len(val) else None)
     epochs = max(job.epochs for job in jobs)
     xla = compile_with_xla(train_config, len(jobs), epoch_steps(train_sets, train_config.batch_size) * epochs)
-    keras.utils.set_random_seed(jobs[0].seed)
     with distribution_scope():
         extractors, heads, members = [], [], []
         for job, train_set, val_set in zip(jobs, train_sets, val_sets):
+            # Each job's weights from its own seed: a fold trains alike in a pack, alone (--fold) or on a cluster.
+            keras.utils.set_random_seed(job.seed)
             extractor = _fresh_extractor(model_config, shared_extractor, train_config)
             head = build_temporal_head(model_config, int(extractor.output_shape[-1]), name=f"head_{job.tag}")
             if train_config.train_backbone:
@@ -251,14 +252,15 @@ def finish_fold(job: Job, index: int, runtime: Runtime, history: pd.DataFrame,
 
 def run_folds(out: Path, folds: list[tuple[list[str], list[str]]], todo: list[int], data: dict[str, ScanData],
               model_config: ModelConfig, train_config: TrainConfig, extractor: keras.Model,
-              final: Job | None, progress: Progress = NO_PROGRESS
+              final: Job | None, progress: Progress = NO_PROGRESS, cluster: Any = None
               ) -> tuple[dict[int, dict[str, Any]], Runtime | None]:
     """Train folds ``todo`` not done yet, in one pack with ``final`` when given.
 
     With --train-backbone every fold is a pack of its own: packing several
     end-to-end models would hold several backbones' activations at once for
-    little gain. Returns the results of folds ``todo`` and the final model's
-    runtime (None without ``final``).
+    little gain. A ``cluster`` (``train.cluster.RayTrainer``) gets every job
+    at once and trains each as a task of its own. Returns the results of
+    folds ``todo`` and the final model's runtime (None without ``final``).
     """
     results: dict[int, dict[str, Any]] = {}
     jobs = []
@@ -275,9 +277,13 @@ def run_folds(out: Path, folds: list[tuple[list[str], list[str]]], todo: list[in
             packs[-1].append(final)
         else:
             packs.append([final])
+    fit = train_pack
+    if cluster is not None:
+        fit = cluster.train_jobs
+        packs = [[job for pack in packs for job in pack]] if packs else []
     final_runtime = None
     for pack in packs:
-        trained = train_pack(out, pack, model_config, train_config, extractor, progress)
+        trained = fit(out, pack, model_config, train_config, extractor, progress)
         for job, (runtime, history) in zip(pack, trained):
             if job is final:
                 final_runtime = runtime
@@ -320,8 +326,17 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     unknown = [h for h in train_config.holdout if h not in names]
     if unknown:
         raise ConfigError(f"holdout: no scan named {', '.join(unknown)} in {data_root}")
+    cluster = None
+    if train_config.ray:
+        from train.cluster import RayTrainer
+
+        cluster = RayTrainer(train_config.ray, train_pack)
     extractor = build_feature_extractor(model_config)
-    data = {d.name: d for d in prepare(scans, model_config, train_config, extractor, progress)}
+    if cluster is not None and not train_config.train_backbone:
+        prepared = [from_features(f) for f in cluster.features(scans, model_config, train_config, extractor, progress)]
+    else:
+        prepared = prepare(scans, model_config, train_config, extractor, progress)
+    data = {d.name: d for d in prepared}
     identity = {"data": data_fingerprint_of(data.values()), "model": to_dict(model_config),
                 "train_split": split_identity(train_config), "data_root": str(Path(data_root).resolve())}
     _check_run_folder(out, identity)
@@ -342,7 +357,8 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     if train_config.final and train_config.fold is None and not train_config.train_backbone and (
             train_config.final_epochs is not None or not train_config.early_stopping):
         final = final_job(out, pool, data, train_config, final_epochs([], train_config))
-    by_fold, runtime = run_folds(out, folds, todo, data, model_config, train_config, extractor, final, progress)
+    by_fold, runtime = run_folds(out, folds, todo, data, model_config, train_config, extractor, final, progress,
+                                cluster)
     results = [by_fold[i] for i in todo]
     summary: dict[str, Any] = {"run": str(out), "folds": results, "cross_validation": None, "bundle": None,
                                "report": None, "warnings": []}
@@ -360,7 +376,8 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
         epochs = final_epochs(results, train_config)
         if runtime is None:
             job = final_job(out, pool, data, train_config, epochs)
-            runtime, _ = train_pack(out, [job], model_config, train_config, extractor, progress)[0]
+            fit = cluster.train_jobs if cluster else train_pack
+            runtime, _ = fit(out, [job], model_config, train_config, extractor, progress)[0]
         if train_config.holdout:
             holdout_predictions = score_scans(runtime, [data[n] for n in train_config.holdout],
                                               images=train_config.train_backbone)
