@@ -25,6 +25,13 @@ The CSV has one row per score, in the columns of ``CSV_FIELDS``: ``stream``,
 ``verdict``: the smoothed verdict after this score, what the video and
 ``fetalhead watch`` show.
 
+``--best-frames DIR`` writes, for each head episode the worker announces
+(``episode`` messages, ``models.episodes``), its best frame as it came off
+the wire (no band drawn on it) as ``STREAM-SEQ.png`` and a DICOM Secondary
+Capture ``STREAM-SEQ.dcm``, and one row of ``DIR/episodes.csv``
+(``EPISODE_FIELDS``); only one frame per stream is held for it
+(``BestFrames``).
+
 Nothing is lost silently: a frame whose score never came is written with a
 grey "no score" band and counted, a score whose frame never came is counted,
 frames lost before a stream's first score are counted by the rule of
@@ -40,6 +47,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import datetime
 import functools
 import logging
 import os
@@ -57,7 +65,7 @@ from models.classes import class_name
 from models.errors import ConfigError
 from models.settings import check, setting
 from models.verdict import Verdict
-from stream import consumer, protocol
+from stream import consumer, net, protocol
 from stream.consumer import ConsumerConfig, StreamVerdicts
 from stream.stats import GapCounter
 
@@ -401,6 +409,207 @@ class StreamVideo:
             self._writer = None
 
 
+# --- best frames ------------------------------------------------------------------------
+
+EPISODE_FIELDS = ("stream", "first_seq", "last_seq", "peak_score", "peak_seq", "best_seq", "t_first", "t_last",
+                  "duration_s", "threshold", "model", "png", "dicom")
+EPISODES_CSV = "episodes.csv"
+
+
+def secondary_capture(image: np.ndarray, *, description: str, comments: str, study_uid: str, series_uid: str,
+                      series_number: int, instance_number: int, when: datetime.datetime, patient_name: str = "",
+                      patient_id: str = ""):
+    """A DICOM Secondary Capture Image (a ``pydicom.Dataset``) of one frame: uint8 (H, W), (H, W, 1),
+    (H, W, 3) BGR or (H, W, 4) BGRA; grey stays MONOCHROME2, colour becomes RGB.
+
+    pydicom rather than highdicom: highdicom's SC constructor wants the
+    patient and study attributes this tool does not have and would add a
+    large dependency for a dozen attributes; the modules written here are
+    those the SC IOD makes mandatory (Patient, General Study, General Series,
+    SC Equipment, General Image, Image Pixel, SOP Common), the type 2 ones
+    present and empty. ``description`` goes to SeriesDescription, ``comments``
+    (score, model, seq) to ImageComments and DerivationDescription.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"image must be uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.dtype} "
+                         f"{image.shape}")
+    grey = image.ndim == 2 or image.shape[2] == 1
+    if grey:
+        pixels = image.reshape(image.shape[:2])
+    else:
+        pixels = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = uid
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.ContentTime = when.strftime("%H%M%S.%f")
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = description[:64]
+    ds.Modality = "US"
+    # WSD (workstation): made by software from frames that came over the network, not by a frame grabber.
+    ds.ConversionType = "WSD"
+    ds.Manufacturer = "fetalhead"
+    ds.InstanceNumber = instance_number
+    ds.PatientOrientation = ""
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ImageComments = comments
+    ds.DerivationDescription = comments[:1024]
+    ds.SamplesPerPixel = 1 if grey else 3
+    ds.PhotometricInterpretation = "MONOCHROME2" if grey else "RGB"
+    if not grey:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return ds
+
+
+class BestFrames:
+    """The best frame of each head episode as PNG and DICOM, and ``episodes.csv``, in ``folder``.
+
+    Driven by the worker's ``episode`` messages and the scored frames (each
+    with its Score): per stream only the highest-scored Head frame since the
+    verdict last stood at Not-Head is kept, the candidate for the episode
+    that may be starting or is open; when an episode ends its candidate is
+    written if it is the episode's ``best_seq``, and the episode's row is
+    written either way (empty file columns, counted in ``missing`` and
+    logged, when the best frame never came). An episode open when the
+    recording stops gets its row and files with ``last_seq`` empty.
+    """
+
+    def __init__(self, folder: Path, *, patient_name: str = "", patient_id: str = "", append: bool = False) -> None:
+        from pydicom.uid import generate_uid
+
+        self.folder = folder
+        self.patient_name = patient_name
+        self.patient_id = patient_id
+        self.written = 0
+        self.missing = 0
+        self.rows = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        self._fh = (folder / EPISODES_CSV).open("a" if append else "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._fh, fieldnames=EPISODE_FIELDS)
+        if self._fh.tell() == 0:
+            self._writer.writeheader()
+        self._study_uid = generate_uid()
+        self._series: dict[str, tuple[str, int]] = {}
+        self._candidate: dict[str, tuple[protocol.Frame, protocol.Score]] = {}
+        # A candidate set aside when its stream's seq went back: its episode's end comes after the new run's score.
+        self._previous: dict[str, tuple[protocol.Frame, protocol.Score]] = {}
+        self._open: dict[str, protocol.Episode] = {}
+        self._last_seq: dict[str, int] = {}
+        self._log = net.Throttled(logger)
+
+    def scored(self, frame: protocol.Frame, score: protocol.Score) -> None:
+        """A frame and its score, in the stream's order."""
+        stream = score.stream
+        last = self._last_seq.get(stream)
+        self._last_seq[stream] = score.seq
+        if last is not None and score.seq <= last and stream in self._candidate:
+            self._previous[stream] = self._candidate.pop(stream)
+        if not score.decision:
+            if stream not in self._open:
+                self._candidate.pop(stream, None)
+            return
+        kept = self._candidate.get(stream)
+        if kept is None or score.score > kept[1].score:
+            self._candidate[stream] = (frame, score)
+
+    def episode(self, msg: protocol.Episode) -> None:
+        """An episode message: a start opens the stream's episode, an end writes its best frame and row."""
+        if msg.kind == "start":
+            self._open[msg.stream] = msg
+            return
+        self._open.pop(msg.stream, None)
+        best = None
+        for kept in (self._previous.pop(msg.stream, None), self._candidate.get(msg.stream)):
+            if kept is not None and kept[1].seq == msg.best_seq:
+                best = kept
+        self._candidate.pop(msg.stream, None)
+        self._write(msg, best)
+
+    def _write(self, msg: protocol.Episode, best: tuple[protocol.Frame, protocol.Score] | None) -> None:
+        png = dicom = ""
+        if best is None:
+            self.missing += 1
+            self._log.warning("missing", f"episode {msg.stream}#{msg.first_seq}: best frame {msg.best_seq} never "
+                                         f"came (is the worker forwarding frames? --forward-frames); row written "
+                                         f"without files")
+        else:
+            try:
+                png, dicom = self._files(*best)
+                self.written += 1
+            except (protocol.ProtocolError, ValueError, OSError) as exc:
+                self.missing += 1
+                self._log.warning("unwritten", f"episode {msg.stream}#{msg.first_seq}: best frame {msg.best_seq} "
+                                               f"not written: {exc}")
+        t_last = "" if msg.t_last is None else f"{msg.t_last:.6f}"
+        self._writer.writerow({
+            "stream": msg.stream, "first_seq": msg.first_seq, "last_seq": "" if msg.last_seq is None else msg.last_seq,
+            "peak_score": f"{msg.peak_score:.6f}", "peak_seq": msg.peak_seq, "best_seq": msg.best_seq,
+            "t_first": f"{msg.t_first:.6f}", "t_last": t_last,
+            "duration_s": "" if msg.t_last is None else f"{msg.t_last - msg.t_first:.6f}",
+            "threshold": f"{msg.threshold:.6f}", "model": msg.model, "png": png, "dicom": dicom})
+        self._fh.flush()
+        self.rows += 1
+
+    def _files(self, frame: protocol.Frame, score: protocol.Score) -> tuple[str, str]:
+        image = frame.image()
+        name = f"{frame.stream.replace(':', '%3A')}-{frame.seq:08d}"
+        png = free_path(self.folder / f"{name}.png")
+        if not cv2.imwrite(str(png), image):
+            raise OSError(f"OpenCV could not write {png}")
+        if frame.stream not in self._series:
+            from pydicom.uid import generate_uid
+
+            self._series[frame.stream] = (generate_uid(), len(self._series) + 1)
+        series_uid, series_number = self._series[frame.stream]
+        comments = (f"fetalhead best frame: stream {frame.stream} seq {frame.seq} score {score.score:.4f} "
+                    f"threshold {score.threshold:.4f} model {score.model}")
+        ds = secondary_capture(image, description=f"fetalhead best frames {frame.stream}", comments=comments,
+                               study_uid=self._study_uid, series_uid=series_uid, series_number=series_number,
+                               instance_number=self.written + 1,
+                               when=datetime.datetime.fromtimestamp(frame.t_capture),
+                               patient_name=self.patient_name, patient_id=self.patient_id)
+        dcm = free_path(png.with_suffix(".dcm"))
+        ds.save_as(dcm, enforce_file_format=True)
+        return png.name, dcm.name
+
+    def close(self) -> None:
+        """Write the episodes still open (``last_seq`` empty) and finish episodes.csv; idempotent."""
+        if self._fh.closed:
+            return
+        try:
+            for stream, start in list(self._open.items()):
+                kept = self._candidate.pop(stream, None)
+                self._write(dataclasses.replace(start, peak_score=kept[1].score, peak_seq=kept[1].seq,
+                                                best_seq=kept[1].seq) if kept is not None else start, kept)
+            self._open.clear()
+        finally:
+            self._fh.close()
+
+
 # --- the recorder ---------------------------------------------------------------------
 
 
@@ -443,11 +652,20 @@ class RecordConfig(ConsumerConfig):
     fps: float | None = setting(None, "video frame rate", shown="estimated from the frames' times")
     append: bool = setting(False, "append to an existing CSV and keep existing videos (write NAME-1.EXT ...)")
     flush_s: float = setting(1.0, "seconds between flushes of the CSV file", flag="flush-interval")
+    best_frames: Path | None = setting(None, "for each head episode, write its best frame (PNG and DICOM Secondary "
+                                             "Capture) and a row of episodes.csv into this folder; needs worker "
+                                             "--forward-frames")
+    patient_name: str = setting("", "PatientName of the best frames' DICOM files", shown="empty")
+    patient_id: str = setting("", "PatientID of the best frames' DICOM files", shown="empty")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.csv is not None or self.video is not None or self.show,
-              "nothing to record: give --csv, --video or --show")
+        check(self.csv is not None or self.video is not None or self.show or self.best_frames is not None,
+              "nothing to record: give --csv, --video, --show or --best-frames")
+        for name in ("patient_name", "patient_id"):
+            value = getattr(self, name)
+            check(isinstance(value, str) and len(value) <= 64 and value.isprintable() and "\\" not in value,
+                  f"{name}: must be at most 64 printable characters without a backslash, got {value!r}")
         if self.video is not None:
             check(self.video.suffix.lower() in CODECS,
                   f"video: {str(self.video)!r} must end in {' or '.join(CODECS)}")
@@ -456,7 +674,7 @@ class RecordConfig(ConsumerConfig):
 
     @property
     def needs_frames(self) -> bool:
-        return self.video is not None or self.show
+        return self.video is not None or self.show or self.best_frames is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,6 +698,9 @@ class RecordStats:
     videos: dict[str, Path]
     rejected: int = 0
     lost_at_start: int = 0
+    episodes: int = 0
+    best_frames: int = 0
+    best_frames_missing: int = 0
 
 
 class Recorder:
@@ -492,6 +713,8 @@ class Recorder:
     def __init__(self, config: RecordConfig) -> None:
         self.config = config
         self.csv = ScoreCsv(config.csv, append=config.append, flush_s=config.flush_s) if config.csv else None
+        self.best = (BestFrames(config.best_frames, patient_name=config.patient_name, patient_id=config.patient_id,
+                                append=config.append) if config.best_frames is not None else None)
         self.videos: dict[str, StreamVideo] = {}
         self.frames: dict[str, collections.OrderedDict[int, protocol.Frame]] = collections.defaultdict(
             collections.OrderedDict)
@@ -549,6 +772,9 @@ class Recorder:
         elif isinstance(msg, protocol.Frame):
             if self.config.needs_frames:
                 self._frame(msg)
+        elif isinstance(msg, protocol.Episode):
+            if self.best is not None:
+                self.best.episode(msg)
         elif isinstance(msg, protocol.EndOfStream):
             self._flush_stream(msg.stream)
             self.ended[msg.stream] = True
@@ -618,9 +844,15 @@ class Recorder:
         except protocol.ProtocolError as exc:
             logger.warning("frame %s#%d not recorded: %s", frame.stream, frame.seq, exc)
             return
-        hole = None
+        if scored is not None and self.best is not None:
+            self.best.scored(frame, scored[0])
+        self.frame_count[frame.stream] += 1
         if scored is None:
             self.unscored_frames += 1
+        if self.config.video is None and self.window is None:
+            return
+        hole = None
+        if scored is None:
             annotated = annotate(image, None, 0.5)
         else:
             score, verdict = scored
@@ -628,7 +860,6 @@ class Recorder:
             annotated = annotate(image, score.score, score.threshold, verdict=verdict.head, tags=tags)
             hole = functools.partial(annotate, image, score.score, score.threshold, verdict=verdict.head,
                                      tags=(*tags, REPEATED_TAG))
-        self.frame_count[frame.stream] += 1
         if self.config.video is not None:
             video = self.videos.get(frame.stream)
             if video is None:
@@ -667,6 +898,8 @@ class Recorder:
                     logger.exception("video %s: could not be finished", video.path)
             if self.csv is not None:
                 self.csv.close()
+            if self.best is not None:
+                self.best.close()
             if self.window is not None:
                 cv2.destroyWindow(self.window)
         stats = RecordStats(
@@ -675,7 +908,10 @@ class Recorder:
             missing_seqs=sum(g.missing for g in self.gaps.values()),
             streams_ended=tuple(sorted(s for s, ended in self.ended.items() if ended)),
             csv=self.config.csv, videos={s: v.path for s, v in self.videos.items()},
-            lost_at_start=sum(self.lost_at_start.values()))
+            lost_at_start=sum(self.lost_at_start.values()),
+            episodes=self.best.rows if self.best is not None else 0,
+            best_frames=self.best.written if self.best is not None else 0,
+            best_frames_missing=self.best.missing if self.best is not None else 0)
         self._closed = stats
         return stats
 
@@ -692,6 +928,11 @@ def report(stats: RecordStats) -> None:
         logger.info("%d scores written to %s", stats.scores, stats.csv)
     for stream, path in stats.videos.items():
         logger.info("stream %s: %d frames written to %s", stream, stats.frames.get(stream, 0), path)
+    if stats.episodes:
+        logger.info("%d head episodes, %d best frames written", stats.episodes, stats.best_frames)
+    if stats.best_frames_missing:
+        logger.warning("%d episodes without a best frame (it never came, or could not be written)",
+                       stats.best_frames_missing)
     if stats.unscored_frames:
         logger.warning("%d frames had no score; written with a 'no score' label", stats.unscored_frames)
     if stats.frameless_scores:

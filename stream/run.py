@@ -72,7 +72,7 @@ class RunConfig:
     ``mode`` None is ``default_mode`` of the source: lossless for a file or
     folder, live for a device or ``synthetic``; ``stream_mode`` is the one
     used. ``frames``/``scores`` None pick free loopback ports at start.
-    ``watch`` shows the live table; ``csv``/``video``/``show`` start a
+    ``watch`` shows the live table; ``csv``/``video``/``show``/``best_frames`` start a
     recorder; ``view`` serves the live web page on ``view_addr`` (loopback:
     to serve a network, run ``fetalhead view --allow-remote`` on its own).
     ``hold`` is the verdict's hysteresis in all of them.
@@ -96,6 +96,8 @@ class RunConfig:
     scores: str | None = setting(None, "scores address", shown="a free loopback port")
     csv: Path | None = setting(None, "record every score to this CSV file")
     video: Path | None = setting(None, "record annotated frames to this .mp4 or .avi")
+    best_frames: Path | None = setting(None, "write each head episode's best frame (PNG and DICOM) and episodes.csv "
+                                             "into this folder")
     show: bool = setting(False, "show annotated frames in a window (needs opencv-python and a display)")
     watch: bool = setting(True, "show the live table")
     view: bool = setting(False, "serve the live web page (fetalhead view) too")
@@ -134,7 +136,7 @@ class RunConfig:
 
     @property
     def records(self) -> bool:
-        return self.csv is not None or self.video is not None or self.show
+        return self.csv is not None or self.video is not None or self.show or self.best_frames is not None
 
     @property
     def stream_mode(self) -> Literal["live", "lossless"]:
@@ -182,7 +184,8 @@ def build_specs(config: RunConfig, frames: str, scores: str, *,
     specs = []
     if config.records:
         args = ["--sub", scores, "--stream", stream, "--until-eos", *hold]
-        for flag, value in (("--csv", config.csv), ("--video", config.video), ("--fps", config.fps)):
+        for flag, value in (("--csv", config.csv), ("--video", config.video), ("--fps", config.fps),
+                            ("--best-frames", config.best_frames)):
             if value is not None:
                 args += [flag, str(value)]
         if config.show:
@@ -197,8 +200,8 @@ def build_specs(config: RunConfig, frames: str, scores: str, *,
         specs.append(ProcessSpec("view", subcommand("view", "--sub", scores, "--stream", stream, "--until-eos",
                                                     "--addr", config.view_addr, *hold, *curve, verbose=v),
                                  final=True, log=config.log))
-    worker = ["--model", config.model, "--sub", frames, "--pub", scores, "--mode", mode, *curve]
-    if config.video is not None or config.show or config.view:
+    worker = ["--model", config.model, "--sub", frames, "--pub", scores, "--mode", mode, *hold, *curve]
+    if config.video is not None or config.show or config.view or config.best_frames is not None:
         worker.append("--forward-frames")
     consumers = config.records or config.watch or config.view
     if not consumers:

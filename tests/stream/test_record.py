@@ -257,3 +257,81 @@ def test_record_frames_and_scores_from_one_socket(tmp_path, sockets, address, ba
             assert share(band, colour) < 0.6 and share(band, shade(colour)) > 0.25, f"frame {seq}"
         else:
             assert share(band, colour) > 0.7, f"frame {seq}"
+
+
+# --- best frames ----------------------------------------------------------------------
+
+
+def worker_episodes(tracker, s):
+    """The Episode messages a worker sends after Score ``s`` (stream.worker._Loop.send_episodes)."""
+    return [protocol.Episode(**dataclasses.asdict(e), threshold=s.threshold, model=s.model)
+            for e in tracker.feed(s.seq, s.score, s.t_capture)]
+
+
+def test_best_frames_keep_the_peak_of_each_episode_and_say_when_one_never_came(tmp_path, caplog):
+    import pydicom
+
+    from models.episodes import EpisodeTracker
+    from stream.record import EPISODE_FIELDS, EPISODES_CSV
+
+    # A spike at 1 (higher than any episode frame, too short to be one), an episode 3..6 peaking at 5,
+    # one from 9 still open when the recording stops; probe2's frames never come.
+    values = [0.1, 0.95, 0.1, 0.7, 0.8, 0.9, 0.6, 0.1, 0.1, 0.7, 0.8, 0.85]
+    recorder = Recorder(RecordConfig(best_frames=tmp_path, patient_name="Doe^Jane", patient_id="X1"))
+    trackers = {"probe1": EpisodeTracker("probe1", 0.5), "probe2": EpisodeTracker("probe2", 0.5)}
+    images = [scan_image(i) for i in range(len(values))]
+    with caplog.at_level(logging.WARNING, logger="stream.record"):
+        for seq, value in enumerate(values):
+            recorder.handle(frame(seq, images[seq]))
+            for stream in ("probe1", "probe2"):
+                s = score(seq, value, stream=stream)
+                recorder.handle(s)
+                for msg in worker_episodes(trackers[stream], s):
+                    recorder.handle(msg)
+            # Bounded: one kept frame per stream whatever the episode's length.
+            assert len(recorder.best._candidate) <= 1
+        # The worker closes an open episode before it forwards the end of stream.
+        for msg in trackers["probe2"].close():
+            recorder.handle(protocol.Episode(**dataclasses.asdict(msg), threshold=0.5, model="tiny-test"))
+        recorder.handle(EndOfStream("probe2", len(values) - 1, "eof", T0 + 1))
+        stats = recorder.close()
+
+    assert (stats.episodes, stats.best_frames, stats.best_frames_missing) == (4, 2, 2)
+    rows = list(csv.DictReader((tmp_path / EPISODES_CSV).open()))
+    assert list(rows[0]) == list(EPISODE_FIELDS)
+    got = [(r["stream"], r["first_seq"], r["last_seq"], r["best_seq"], bool(r["png"]), bool(r["dicom"]))
+           for r in rows]
+    assert sorted(got) == [("probe1", "3", "6", "5", True, True), ("probe1", "9", "", "11", True, True),
+                           ("probe2", "3", "6", "5", False, False), ("probe2", "9", "11", "11", False, False)]
+    first = next(r for r in rows if r["stream"] == "probe1" and r["first_seq"] == "3")
+    assert float(first["duration_s"]) == pytest.approx(0.12) and float(first["peak_score"]) == 0.9
+    assert np.array_equal(cv2.imread(str(tmp_path / first["png"])), images[5])
+    ds = pydicom.dcmread(tmp_path / first["dicom"])
+    assert (str(ds.PatientName), ds.PatientID, ds.Modality) == ("Doe^Jane", "X1", "US")
+    assert "seq 5 score 0.9000 threshold 0.5000 model tiny-test" in ds.ImageComments
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings and all("best frame" in line and "\n" not in line for line in warnings)
+    assert "episode probe2#3: best frame 5 never came" in warnings[0]
+
+
+def test_a_grey_best_frame_stays_grey_in_dicom(tmp_path):
+    import pydicom
+
+    from stream.record import BestFrames
+
+    best = BestFrames(tmp_path)
+    image = np.arange(48 * 64, dtype=np.uint32).reshape(48, 64).astype(np.uint8)
+    best.scored(frame(0, image), score(0, 0.9))
+    best.scored(frame(1, image), score(1, 0.8))
+    best.episode(protocol.Episode("probe1", "end", 0, 1, 0.9, 0, 0, T0, T0 + 0.04, 0.5, "tiny-test"))
+    best.close()
+    (path,) = tmp_path.glob("*.dcm")
+    ds = pydicom.dcmread(path)
+    assert (ds.PhotometricInterpretation, ds.SamplesPerPixel) == ("MONOCHROME2", 1)
+    assert np.array_equal(ds.pixel_array, image)
+
+
+def test_best_frames_alone_is_something_to_record_and_patient_fields_are_checked(tmp_path):
+    assert RecordConfig(best_frames=tmp_path).needs_frames
+    with pytest.raises(ConfigError, match="patient_id: must be at most 64 printable characters"):
+        RecordConfig(best_frames=tmp_path, patient_id="x" * 65)

@@ -43,7 +43,7 @@ def test_build_specs_wires_addresses_and_flags():
     assert record.restart_argv[-1] == "--append" and record.final and watch.final
     assert _args(watch) == ["--sub", "tcp://127.0.0.1:7002", "--stream", "clip-1", "--until-eos", "--hold", "2"]
     assert _args(worker) == ["--model", "m.fhb", "--sub", "tcp://127.0.0.1:7001", "--pub", "tcp://127.0.0.1:7002",
-                             "--mode", "lossless", "--forward-frames"]
+                             "--mode", "lossless", "--hold", "2", "--forward-frames"]
     assert not worker.final and not capture.final
     assert _args(capture) == ["scans/clip 1.avi", "--pub", "tcp://127.0.0.1:7001", "--mode", "lossless",
                               "--stream", "clip-1", "--on-bad-frame", "skip", "--fast"]
@@ -57,6 +57,7 @@ def test_view_serves_the_page_with_the_same_hold_and_has_the_worker_forward_fram
                                     "127.0.0.1:8123", "--hold", "4"]
     assert specs["view"].final and not specs["worker"].final
     assert "--forward-frames" in _args(specs["worker"]) and "--exit-after-eos" not in _args(specs["worker"])
+    assert _args(specs["worker"])[_args(specs["worker"]).index("--hold") + 1] == "4", "episodes by the same hold"
 
 
 def test_the_run_serves_its_page_on_loopback_only_and_checks_the_port_first(tmp_path, video, tiny_bundle_path):

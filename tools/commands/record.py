@@ -1,4 +1,4 @@
-"""``fetalhead record``: scores to CSV, annotated frames to a video, optionally on screen."""
+"""``fetalhead record``: scores to CSV, annotated frames to a video or on screen, head episodes' best frames."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from tools.command import add_config, add_settings, parser, run, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("record", "Write scores to CSV and annotated frames to a video.")
+    p = parser("record", "Write scores to CSV, annotated frames to a video, and each head episode's best frame "
+                         "(PNG and DICOM) with episodes.csv.")
     add_settings(p, RecordConfig)
     add_config(p, "record")
     args = p.parse_args(argv)
