@@ -23,6 +23,15 @@ an HttpOnly same-site cookie). Every response carries a strict
 Content-Security-Policy; the page loads nothing but its own three files
 (``stream/web/``), and the WebSocket refuses other origins.
 
+A stream whose scores stop while it has not ended (its worker died, and
+``fetalhead run`` or another supervisor is restarting it) is tagged "no
+scores for N s" once ``lost_after_s`` passed without one; when scores come
+back, the outage joins the stream's list of recent gaps (when, how long).
+
+With ``fetalhead worker --saliency``, each stream's newest heat map (a
+``saliency`` message) goes to the page with its state, and the page draws
+it over the image (a toggle in its header turns them off).
+
 ``ViewState`` is pure and thread-safe: tests feed it protocol messages.
 ``make_app`` builds the aiohttp application; ``view`` runs it all.
 """
@@ -60,6 +69,8 @@ DEFAULT_ADDR = "127.0.0.1:8000"
 TOKEN_COOKIE = "fetalhead_token"
 # Points a stream's timeline keeps, whatever its rate: 60 s at 120 fps.
 _MAX_POINTS = 7200
+# Outages of a stream's scores kept for the page: the recent ones are what a person looks back on.
+_MAX_GAPS = 8
 _RECEIVE_S = 0.02
 _LAST_PUSH_S = 1.0
 _STATIC = {"/": ("index.html", "text/html"), "/view.js": ("view.js", "text/javascript"),
@@ -120,6 +131,8 @@ class ViewConfig(ConsumerConfig):
     jpeg_quality: int = setting(80, "JPEG quality of the images sent to the page (1-100)")
     history_s: float = setting(60.0, "seconds of scores the timeline shows")
     hwm: int = setting(256, "receive queue in messages")
+    lost_after_s: float = setting(2.0, "seconds without a score after which a stream that has not ended is "
+                                       "shown as losing its scores", flag="lost-after")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,6 +146,7 @@ class ViewConfig(ConsumerConfig):
         check(16 <= self.image_width <= 4096, f"image_width: must be in [16, 4096], got {self.image_width}")
         check(1 <= self.jpeg_quality <= 100, f"jpeg_quality: must be in [1, 100], got {self.jpeg_quality}")
         check(1 <= self.history_s <= 3600, f"history_s: must be in [1, 3600], got {self.history_s}")
+        check(self.lost_after_s > 0, f"lost_after_s: must be > 0, got {self.lost_after_s}")
 
     def access_token(self) -> str | None:
         """The token requests must carry: the given one, a new random one with ``allow_remote``, else None."""
@@ -169,6 +183,9 @@ class _Timeline:
 
     points: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=_MAX_POINTS))
     count: int = 0
+    scored_at: float | None = None  # the view's clock at its last score; None before one and after its end
+    # (the view's clock when the scores stopped, seconds until they came back), oldest first
+    gaps: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=_MAX_GAPS))
 
 
 class ViewState:
@@ -191,10 +208,13 @@ class ViewState:
         self._timelines: dict[str, _Timeline] = {}
         self._newest: dict[str, protocol.Frame] = {}
         self._images: dict[str, _Image] = {}
+        # The newest heat map of each stream (worker --saliency), as the page draws it.
+        self._saliency: dict[str, dict] = {}
         self.encoded = 0
         self.frames_seen = 0
 
     def update(self, msg: protocol.Message, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
         with self._lock:
             self.board.update(msg, now)
             if isinstance(msg, protocol.Frame):
@@ -203,11 +223,21 @@ class ViewState:
                 if newest is None or msg.seq >= newest.seq or msg.seq == 0:
                     self._newest[msg.stream] = msg
             elif isinstance(msg, protocol.Score):
-                self._score(msg)
+                self._score(msg, now)
+            elif isinstance(msg, protocol.Saliency):
+                self._saliency[msg.stream] = {
+                    "seq": msg.seq, "score": msg.score, "layer": msg.layer, "frame_shape": list(msg.frame_shape),
+                    "square": list(msg.square), "shape": list(msg.shape), "heat": list(msg.heat)}
+            elif isinstance(msg, protocol.EndOfStream) and msg.stream in self._timelines:
+                # An ended stream is not missing its scores, and a new run of it starts with none owed.
+                self._timelines[msg.stream].scored_at = None
 
-    def _score(self, msg: protocol.Score) -> None:
+    def _score(self, msg: protocol.Score, now: float) -> None:
         verdict = self.board.streams[msg.stream].verdict
         line = self._timelines.setdefault(msg.stream, _Timeline())
+        if line.scored_at is not None and now - line.scored_at >= self.config.lost_after_s:
+            line.gaps.append((line.scored_at, now - line.scored_at))
+        line.scored_at = now
         line.points.append((msg.seq, msg.t_capture, msg.score, int(verdict.head), int(msg.decision),
                             protocol.FLAG_WARMUP in msg.flags, protocol.FLAG_GAP in msg.flags))
         line.count += 1
@@ -259,7 +289,8 @@ class ViewState:
                 # The page draws its own timeline from the points; the board's short history is for watch.
                 shown = {k: v for k, v in row.items() if k != "history"}
                 streams.append({**_jsonable(shown), "since_seq": verdict.since_seq if verdict else None,
-                                "image_seq": image.seq if image else None})
+                                "image_seq": image.seq if image else None, "saliency": self._saliency.get(name),
+                                **self._lost(line, now)})
                 if line is not None:
                     have = cursor.get(name, 0)
                     new = min(line.count - have, len(line.points))
@@ -273,6 +304,15 @@ class ViewState:
             events = [{k: e[k] for k in ("level", "stream", "message", "age_s")} for e in self.board.recent_events(now)]
         return {"type": "state", "now": now, "history_s": self.config.history_s, "hold": self.config.hold,
                 "streams": streams, "points": points, "processes": processes, "alerts": alerts, "events": events}
+
+    def _lost(self, line: _Timeline | None, now: float) -> dict:
+        """``no_scores_s``: seconds without a score, once over ``lost_after_s`` (else None); ``score_gaps``:
+        the recent outages as [seconds ago they began, seconds they lasted], newest first."""
+        if line is None:
+            return {"no_scores_s": None, "score_gaps": []}
+        silent = None if line.scored_at is None else now - line.scored_at
+        return {"no_scores_s": silent if silent is not None and silent >= self.config.lost_after_s else None,
+                "score_gaps": [[now - began, lasted] for began, lasted in reversed(line.gaps)]}
 
     def images(self, sent: dict[str, int]) -> list[tuple[str, int, bytes]]:
         """(stream, seq, jpeg) of each image not yet sent; ``sent`` (stream -> seq) is advanced in place."""

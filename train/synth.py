@@ -109,6 +109,11 @@ class _Head:
     angle: float
     y: float
 
+    @property
+    def thickness(self) -> float:
+        """The skull ring's half-width in pixels (the scale of its Gaussian profile)."""
+        return max(1.2, 0.07 * self.b)
+
     def ring(self) -> tuple[np.ndarray, np.ndarray]:
         """float64 (_RING_POINTS,) x and y offsets of points on the ring from its centre."""
         t = np.linspace(0.0, 2 * np.pi, _RING_POINTS, endpoint=False)
@@ -229,7 +234,7 @@ class Sweep:
     def _draw_head(self, echo: np.ndarray) -> None:
         """Skull ring, brain and midline echo into ``echo`` float32 (height, panorama width)."""
         head, h = self._head, self.height
-        thickness = max(1.2, 0.07 * head.b)
+        thickness = head.thickness
         reach = int(head.a + 3 * thickness) + 1
         cy = int(round(head.y))
         y0, y1 = max(cy - reach, 0), min(cy + reach + 1, h)
@@ -293,6 +298,20 @@ class Sweep:
     def label(self, i: int) -> int:
         """1 (Head) when at least half of the skull ring is inside the fan in frame ``i``, else 0."""
         return int(self.labels[i])
+
+    def head_region(self, i: int) -> np.ndarray:
+        """bool (height, width): the pixels of frame ``i`` inside the skull, its bone included (saliency's truth).
+
+        The bone reaches two ring half-widths beyond the ellipse, where its echo has faded to 2 %.
+        """
+        if not 0 <= i < self.n_frames:
+            raise IndexError(f"frame {i} is out of range for a sweep of {self.n_frames} frames")
+        head = self._head
+        y, x = np.mgrid[0:self.height, 0:self.width].astype(np.float64)
+        dx, dy = x - (self._head_u - self._shifts[i]), y - head.y
+        ca, sa = math.cos(head.angle), math.sin(head.angle)
+        rho = np.sqrt(((dx * ca + dy * sa) / head.a) ** 2 + ((-dx * sa + dy * ca) / head.b) ** 2)
+        return rho <= 1.0 + 2 * head.thickness / head.b
 
 
 def _speckle(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:

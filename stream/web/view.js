@@ -7,6 +7,7 @@ const HEAD = "Head";
 const cards = new Map();
 let historyS = 60;
 let audio = null;
+let heatmaps = true;
 
 if (new URLSearchParams(location.search).has("token")) {
   // The server has set the token cookie; keep the token out of the address bar and of screenshots.
@@ -16,6 +17,11 @@ if (new URLSearchParams(location.search).has("token")) {
 document.getElementById("sound").addEventListener("change", (event) => {
   // Browsers allow sound only after a user gesture: this click is it.
   audio = event.target.checked ? (audio || new AudioContext()) : null;
+});
+
+document.getElementById("heatmaps").addEventListener("change", (event) => {
+  heatmaps = event.target.checked;
+  for (const c of cards.values()) drawHeat(c);
 });
 
 function beep() {
@@ -44,7 +50,7 @@ function card(name) {
   const after = [...cards.keys()].filter((other) => other > name).sort()[0];
   grid.insertBefore(node, after ? cards.get(after).node : null);
   document.getElementById("empty").hidden = true;
-  c = { node, points: [], verdict: null, url: null };
+  c = { node, points: [], verdict: null, url: null, saliency: null };
   cards.set(name, c);
   return c;
 }
@@ -70,6 +76,16 @@ function showStream(row, worker) {
     tag.textContent = flag === "warmup" ? "WARM-UP" : flag === "gap" ? "GAP" : flag.toUpperCase();
     tags.appendChild(tag);
   }
+  if (row.no_scores_s !== null && row.no_scores_s !== undefined) {
+    // Its worker died or stalls: the last verdict shown is getting old.
+    const tag = document.createElement("span");
+    tag.className = "lost";
+    tag.textContent = `NO SCORES ${fmt(row.no_scores_s, 0)} s`;
+    tags.appendChild(tag);
+  }
+  const gaps = row.score_gaps || [];
+  tags.title = gaps.length ? "scores lost: " + gaps.map(([ago, lasted]) =>
+    `${fmt(lasted, 1)} s, ${fmt(ago, 0)} s ago`).join("; ") : "";
   q(".seq").textContent = row.seq === null ? "–" : row.seq;
   q(".fps").textContent = `${fmt(row.fps_in, 1)} in / ${fmt(row.fps_out, 1)} scored`;
   q(".latency").textContent = `${fmt(row.latency_p50_ms, 1)} / ${fmt(row.latency_p99_ms, 1)} ms`;
@@ -80,6 +96,51 @@ function showStream(row, worker) {
   c.node.classList.toggle("ended", row.ended);
   if (c.verdict !== null && c.verdict !== HEAD && head) beep();
   c.verdict = row.verdict;
+  c.saliency = row.saliency || null;
+  drawHeat(c);
+}
+
+// A heat level in 0..1 as the JET colour map's [r, g, b] in 0..255 (blue, cyan, yellow, red), as `fetalhead explain`.
+function jet(v) {
+  const channel = (centre) => Math.round(255 * Math.max(0, Math.min(1, 1.5 - Math.abs(4 * v - centre))));
+  return [channel(3), channel(2), channel(1)];
+}
+
+// The newest heat map over the image: its grid covers the backbone's square input, `square` [x, y, side] in
+// pixels of the frame, which the image shows downscaled inside the box (object-fit: contain).
+function drawHeat(c) {
+  const canvas = c.node.querySelector(".heat");
+  const img = c.node.querySelector(".frame");
+  const s = c.saliency;
+  const show = Boolean(heatmaps && s && img.naturalWidth && img.clientWidth);
+  canvas.hidden = !show;
+  c.node.querySelector(".heatinfo").textContent = heatmaps && s ? `heat map of frame ${s.seq}, score ${fmt(s.score, 3)}` : "";
+  canvas.dataset.seq = s ? s.seq : "";
+  if (!show) return;
+  const [frameRows, frameCols] = s.frame_shape;
+  const scale = Math.min(img.clientWidth / frameCols, img.clientHeight / frameRows);
+  const width = Math.round(frameCols * scale);
+  const height = Math.round(frameRows * scale);
+  canvas.width = width;
+  canvas.height = height;
+  canvas.style.left = `${img.offsetLeft + (img.clientWidth - width) / 2}px`;
+  canvas.style.top = `${img.offsetTop + (img.clientHeight - height) / 2}px`;
+  const [rows, cols] = s.shape;
+  const cells = document.createElement("canvas");
+  cells.width = cols;
+  cells.height = rows;
+  const cellsCtx = cells.getContext("2d");
+  const data = cellsCtx.createImageData(cols, rows);
+  s.heat.forEach((level, i) => {
+    const v = level / 255;
+    data.data.set([...jet(v), Math.round(0.55 * 255 * v)], 4 * i);
+  });
+  cellsCtx.putImageData(data, 0, 0);
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, width, height);
+  ctx.imageSmoothingEnabled = true;
+  const [x, y, side] = s.square;
+  ctx.drawImage(cells, x * scale, y * scale, side * scale, side * scale);
 }
 
 function addPoints(name, points) {
@@ -187,7 +248,10 @@ function onImage(buffer) {
   const url = URL.createObjectURL(new Blob([new Uint8Array(buffer, 2 + length)], { type: "image/jpeg" }));
   const old = c.url;
   c.url = url;
-  img.onload = () => { if (old) URL.revokeObjectURL(old); };
+  img.onload = () => {
+    if (old) URL.revokeObjectURL(old);
+    drawHeat(c);
+  };
   img.src = url;
   img.dataset.seq = header.seq;
 }

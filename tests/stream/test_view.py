@@ -255,3 +255,34 @@ def test_with_keys_the_view_is_a_curve_client_of_the_worker(tmp_path, sockets, a
 def test_a_missing_key_stops_the_view_before_it_serves(tmp_path, address):
     with pytest.raises(ConfigError, match="client.key_secret"):
         view(ViewConfig(sub=address(), addr="127.0.0.1:0", keys=tmp_path))
+
+
+def test_a_stream_whose_scores_stop_is_tagged_and_its_outage_listed_when_they_come_back():
+    clock = [T0]
+    state = ViewState(ViewConfig(lost_after_s=2.0), clock=lambda: clock[0])
+
+    def at(t, msg):
+        clock[0] = T0 + t
+        state.update(msg)
+
+    def row(t):
+        (found,) = state.snapshot({}, now=T0 + t)["streams"]
+        return found
+
+    for seq in range(5):
+        at(seq * 0.1, score(seq))
+    # A pause shorter than lost_after_s is no outage.
+    at(1.9, score(5))
+    assert row(3.0)["no_scores_s"] is None and row(3.0)["score_gaps"] == []
+    # The worker died: frames may go on, scores do not.
+    assert row(4.4)["no_scores_s"] == pytest.approx(2.5)
+    at(6.9, score(6))
+    back = row(7.0)
+    assert back["no_scores_s"] is None
+    assert back["score_gaps"] == [[pytest.approx(5.1), pytest.approx(5.0)]]
+    # An ended stream owes no scores, and its next run starts without an outage.
+    at(7.0, protocol.EndOfStream("probe1", 6, "eof", T0 + 7))
+    assert row(20.0)["no_scores_s"] is None
+    at(30.0, score(0))
+    assert len(row(30.0)["score_gaps"]) == 1
+    json.dumps(state.snapshot({}), allow_nan=False)

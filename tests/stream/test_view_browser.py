@@ -21,7 +21,6 @@ from stream.capture import CaptureConfig, capture
 from stream.sources import VideoFileSource
 from stream.view import ViewConfig, view
 from stream.worker import WorkerConfig, serve
-from tests.stream.conftest import recv_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -82,7 +81,8 @@ def test_the_page_shows_the_live_image_and_the_last_scores_verdict(tmp_path, bro
     writer.release()
     frames_addr, scores_addr = address(), address()
     background(lambda stop: serve(tiny_bundle, WorkerConfig(sub=(frames_addr,), pub=scores_addr, mode="lossless",
-                                                            heartbeat_s=0.2, forward_frames=True), stop))
+                                                            heartbeat_s=0.2, forward_frames=True,
+                                                            saliency="every 10"), stop))
     urls: list[str] = []
     ready = threading.Event()
     config = ViewConfig(sub=scores_addr, addr="127.0.0.1:0", token=TOKEN, hold=2)
@@ -127,6 +127,13 @@ def test_the_page_shows_the_live_image_and_the_last_scores_verdict(tmp_path, bro
     assert f"score {last.score:.3f}" in band["figures"] and f"threshold {last.threshold:.3f}" in band["figures"]
     assert "token" not in browser.current_url, "the token is taken out of the address bar"
     assert "ended (eof)" in browser.find_element("css selector", ".card .state").text
+    # The worker's newest heat map is drawn over the image as shown (object-fit: contain), sized to it.
+    heat = browser.execute_script(
+        "const h = document.querySelector('.card .heat'), i = document.querySelector('.card .frame');"
+        "const s = Math.min(i.clientWidth / i.naturalWidth, i.clientHeight / i.naturalHeight);"
+        "return [h.hidden, h.dataset.seq, h.width, h.height, i.naturalWidth * s, i.naturalHeight * s]")
+    assert heat[0] is False and int(heat[1]) % 10 == 0
+    assert abs(heat[2] - heat[4]) <= 1 and abs(heat[3] - heat[5]) <= 1 and heat[2] > 100
 
     shot = tmp_path / "view.png"
     browser.save_screenshot(str(shot))

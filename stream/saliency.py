@@ -1,0 +1,232 @@
+"""The worker's heat maps: chosen frames explained off the scoring path, published as ``saliency`` messages.
+
+``parse_mode`` reads ``--saliency``: ``off``, ``best`` (the best frame of
+each head episode, ``models.episodes``) or ``every N`` (every N-th seq).
+``Chooser`` is the pure part: scores and episode events in, the frames to
+explain out. ``best`` cannot know the best frame until its episode ends, so
+it keeps candidates as the scores come: outside an episode, the frames of
+the current run of scores at or over the threshold (an episode is
+back-dated to the first of them) as a list of falling scores, so the best
+from any start is at hand; inside one, the highest score since its start.
+A frame is held as its ``protocol.Frame`` (the bytes as received) and
+window of features; nothing is decoded before it is chosen.
+
+``SaliencyThread`` does the work in a thread of its own, behind a queue of
+``QUEUE_SIZE``: when it is busy, a chosen frame is skipped and counted,
+never waited for, so scores are not delayed by it. ZeroMQ sockets belong
+to one thread, so finished messages wait in ``results()`` for the worker's
+loop to send them. At the end, ``finish`` explains what is still queued,
+so a stream's last chosen frames are not lost to a stop.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from models.episodes import END, START, EpisodeEvent
+from stream import net, protocol
+
+if TYPE_CHECKING:
+    from models.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+MODES = ("off", "best", "every")
+QUEUE_SIZE = 2
+# Candidates kept per stream outside an episode: a run of Head scores longer than
+# this turns the verdict long before (the hold is a few frames).
+_MAX_CANDIDATES = 64
+_MAX_STREAMS = 256
+
+
+def parse_mode(text: str) -> tuple[str, int]:
+    """``off``, ``best`` or ``every N`` (also ``every-N``, ``everyN``) -> (mode, N); N is 0 but for ``every``."""
+    value = str(text).strip().lower()
+    if value in ("off", "best"):
+        return value, 0
+    if value.startswith("every"):
+        rest = value[len("every"):].strip(" -=:")
+        if rest.isdigit() and int(rest) >= 1:
+            return "every", int(rest)
+    raise ValueError(f"saliency: {text!r} is not off, best or 'every N' with N >= 1")
+
+
+@dataclasses.dataclass
+class Job:
+    """A frame to explain: its Frame message, its window of features float32 (k, F) ending at it, its Score."""
+
+    frame: protocol.Frame
+    window: np.ndarray
+    score: protocol.Score
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.in_episode = False
+        self.candidates: collections.deque[Job] = collections.deque()  # falling scores, oldest first
+        self.best: Job | None = None
+
+
+class Chooser:
+    """Which scored frames to explain, for ``mode`` and ``every`` of ``parse_mode``. Pure, no threads."""
+
+    def __init__(self, mode: str, every: int = 0, *, threshold: float = 0.5) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "every" and every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.mode, self.every, self.threshold = mode, every, threshold
+        self._streams: collections.OrderedDict[str, _Stream] = collections.OrderedDict()
+
+    def _stream(self, stream: str) -> _Stream:
+        state = self._streams.get(stream)
+        if state is None:
+            state = self._streams[stream] = _Stream()
+            if len(self._streams) > _MAX_STREAMS:
+                self._streams.popitem(last=False)
+        self._streams.move_to_end(stream)
+        return state
+
+    def scored(self, job: Job) -> list[Job]:
+        """The frames to explain now that ``job``'s frame is scored (``every``: it or nothing)."""
+        if self.mode == "every":
+            return [job] if job.score.seq % self.every == 0 else []
+        if self.mode == "off":
+            return []
+        state = self._stream(job.score.stream)
+        value = job.score.score
+        if state.in_episode:
+            if state.best is None or value > state.best.score.score:
+                state.best = job
+        elif value >= self.threshold:
+            # Ties keep the earlier frame: the episode's best is its first peak.
+            while state.candidates and state.candidates[-1].score.score < value:
+                state.candidates.pop()
+            state.candidates.append(job)
+            if len(state.candidates) > _MAX_CANDIDATES:
+                state.candidates.popleft()
+        else:
+            state.candidates.clear()
+        return []
+
+    def episodes(self, events: Sequence[EpisodeEvent]) -> list[Job]:
+        """The best frames of the episodes that ``events`` end (``best`` only)."""
+        if self.mode != "best":
+            return []
+        out = []
+        for event in events:
+            state = self._stream(event.stream)
+            if event.kind == START:
+                state.in_episode = True
+                state.best = next((c for c in state.candidates if c.score.seq >= event.first_seq), None)
+                state.candidates.clear()
+            elif event.kind == END:
+                if state.best is not None and state.best.score.seq == event.best_seq:
+                    out.append(state.best)
+                elif state.best is not None:
+                    logger.debug("stream %s: episode's best frame %d is not the one held (%d)",
+                                 event.stream, event.best_seq, state.best.score.seq)
+                state.in_episode, state.best = False, None
+        return out
+
+
+class SaliencyThread:
+    """Heat maps of chosen frames, computed in a thread; ``with`` starts and stops it.
+
+    runtime: the worker's ``models.runtime.Runtime``; mode as ``parse_mode``
+    gives it; threshold: the bundle's. Made before the stream starts: it
+    builds and traces its ``models.saliency.GradCam`` here. ``offer`` and ``episodes`` never
+    block; ``results`` hands over the finished ``protocol.Saliency``
+    messages; ``stats`` are the heartbeat's ``saliency.*`` counters.
+    """
+
+    def __init__(self, runtime: Runtime, mode: str, every: int = 0, *, threshold: float = 0.5,
+                 warn_interval_s: float = 5.0) -> None:
+        from models.saliency import GradCam
+
+        self.runtime = runtime
+        self.chooser = Chooser(mode, every, threshold=threshold)
+        self.cam = GradCam(runtime)
+        # Trace the one shape the thread uses now, before the first frame: tracing takes
+        # a second or more, during which it would compete with the first scores.
+        size, window = runtime.config.image_size, runtime.config.window
+        self.cam.maps(np.zeros((1, size, size, 3), np.float32), np.zeros((1, window, runtime.feature_dim), np.float32),
+                      [window - 1])
+        self.chosen = self.skipped = self.published = self.failed = 0
+        self._jobs: queue.Queue[Job | None] = queue.Queue(QUEUE_SIZE)
+        self._done: collections.deque[protocol.Saliency] = collections.deque()
+        self._warn = net.Throttled(logger, warn_interval_s)
+        self._thread = threading.Thread(target=self._run, name="saliency", daemon=True)
+
+    def __enter__(self) -> "SaliencyThread":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """Explain what is queued (at most ``QUEUE_SIZE`` frames), then stop the thread; ``results`` keeps them."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def offer(self, frame: protocol.Frame, window: np.ndarray, score: protocol.Score) -> None:
+        """Frame ``frame`` was scored ``score`` over ``window`` float32 (k, F) of features ending at it."""
+        self._queue(self.chooser.scored(Job(frame, window, score)))
+
+    def episodes(self, events: Sequence[EpisodeEvent]) -> None:
+        """Episode events of the scores offered so far."""
+        self._queue(self.chooser.episodes(events))
+
+    def _queue(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.chosen += 1
+            try:
+                self._jobs.put_nowait(job)
+            except queue.Full:
+                self.skipped += 1
+
+    def results(self) -> list[protocol.Saliency]:
+        out = []
+        while self._done:
+            out.append(self._done.popleft())
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"saliency.chosen": self.chosen, "saliency.skipped": self.skipped,
+                "saliency.published": self.published, "saliency.failed": self.failed}
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._done.append(self.explain(job))
+                self.published += 1
+            except Exception as exc:  # one frame's heat map must never end the thread
+                self.failed += 1
+                self._warn.warning("saliency", f"saliency of {job.score.stream}#{job.score.seq} failed: "
+                                               f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+
+    def explain(self, job: Job) -> protocol.Saliency:
+        """The Saliency message of one job."""
+        window = np.zeros((1, self.runtime.config.window, job.window.shape[-1]), np.float32)
+        window[0, :len(job.window)] = job.window
+        from models.saliency import square
+
+        raw = job.frame.image()
+        image = self.runtime.preprocess(raw)
+        saliency = self.cam.maps(image[None], window, [len(job.window) - 1])
+        score = job.score
+        return protocol.saliency_message(score.stream, score.seq, score.score, score.model, score.t_capture,
+                                         saliency.layer, raw.shape[:2], square(raw, self.runtime.config),
+                                         saliency.heat[0])
