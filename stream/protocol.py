@@ -434,8 +434,139 @@ class Status:
         _set(self, "t", _time(self.t, "status.t"))
 
 
-Message = Frame | Score | EndOfStream | Heartbeat | Status
-_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Frame, Score, EndOfStream, Heartbeat, Status)}
+EPISODE_KINDS = ("start", "end")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A head episode of ``stream`` began (``kind`` ``"start"``) or ended (``"end"``).
+
+    An episode is a run of frames in which the smoothed verdict
+    (``models.episodes``, the live view's hysteresis at the worker's hold)
+    is Head. ``first_seq`` / ``t_first`` are its first frame (back-dated to
+    the first score of the run that turned the verdict) and that frame's
+    ``t_capture``; ``last_seq`` / ``t_last`` its last Head-scored frame
+    (null on start). ``peak_score`` / ``peak_seq`` are the highest score so
+    far (on start: of the frames that turned the verdict), ``best_seq`` the
+    frame chosen as the episode's best. ``threshold`` and ``model`` are
+    those of the scores it was made of.
+    """
+
+    TYPE: ClassVar[str] = "episode"
+
+    stream: str
+    kind: str
+    first_seq: int
+    last_seq: int | None
+    peak_score: float
+    peak_seq: int
+    best_seq: int
+    t_first: float
+    t_last: float | None
+    threshold: float
+    model: str
+
+    def __post_init__(self) -> None:
+        _set(self, "stream", _stream(self.stream, "episode.stream", process=False))
+        _str(self.kind, "episode.kind", choices=EPISODE_KINDS)
+        first = _int(self.first_seq, "episode.first_seq", minimum=0)
+        _set(self, "first_seq", first)
+        if (self.last_seq is None) != (self.kind == "start"):
+            raise _fail("episode.last_seq", "null on start and an integer on end", self.last_seq)
+        if (self.t_last is None) != (self.kind == "start"):
+            raise _fail("episode.t_last", "null on start and a time on end", self.t_last)
+        last = None
+        if self.last_seq is not None:
+            last = _int(self.last_seq, "episode.last_seq", minimum=first)
+            _set(self, "last_seq", last)
+            _set(self, "t_last", _time(self.t_last, "episode.t_last"))
+        _set(self, "peak_score", _float(self.peak_score, "episode.peak_score", lo=0.0, hi=1.0))
+        for name in ("peak_seq", "best_seq"):
+            value = _int(getattr(self, name), f"episode.{name}", minimum=first)
+            if last is not None and value > last:
+                raise _fail(f"episode.{name}", f"within first_seq..last_seq ({first}..{last})", value)
+            _set(self, name, value)
+        _set(self, "t_first", _time(self.t_first, "episode.t_first"))
+        _set(self, "threshold", _float(self.threshold, "episode.threshold", lo=0.0, hi=1.0))
+        _str(self.model, "episode.model")
+
+
+MAX_SALIENCY_GRID = 256  # cells a side: far above any backbone's map (VGG19's is 14 at 224 px)
+
+
+@dataclass(frozen=True)
+class Saliency:
+    """Where the model looked for its score of frame ``seq`` of ``stream`` (``models.saliency``, Grad-CAM).
+
+    ``heat`` is ``shape`` (rows, cols) uint8 cells, row-major, 0..255 for
+    0..1 of the frame's own hottest cell. The grid covers the backbone's
+    square input, the scan area padded to a square: ``square`` (x, y, side)
+    in pixels of the frame, whose ``frame_shape`` is (rows, cols); x and y
+    are negative where the padding reaches past the frame's edge.
+    ``score``, ``model`` and ``t_capture`` are those of the frame's Score;
+    ``layer`` names the backbone's map the heat was taken from.
+    """
+
+    TYPE: ClassVar[str] = "saliency"
+
+    stream: str
+    seq: int
+    score: float
+    model: str
+    t_capture: float
+    layer: str
+    frame_shape: tuple[int, int]
+    square: tuple[int, int, int]
+    shape: tuple[int, int]
+    heat: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _set(self, "stream", _stream(self.stream, "saliency.stream", process=False))
+        _set(self, "seq", _int(self.seq, "saliency.seq", minimum=0))
+        _set(self, "score", _float(self.score, "saliency.score", lo=0.0, hi=1.0))
+        _str(self.model, "saliency.model")
+        _set(self, "t_capture", _time(self.t_capture, "saliency.t_capture"))
+        _str(self.layer, "saliency.layer")
+        frame_shape = _tuple(self.frame_shape, "saliency.frame_shape")
+        if len(frame_shape) != 2:
+            raise _fail("saliency.frame_shape", "two integers (rows, cols)", self.frame_shape)
+        _set(self, "frame_shape", tuple(_int(v, "saliency.frame_shape item", minimum=1) for v in frame_shape))
+        square = _tuple(self.square, "saliency.square")
+        if len(square) != 3:
+            raise _fail("saliency.square", "three integers (x, y, side)", self.square)
+        x, y = (_int(v, "saliency.square item") for v in square[:2])
+        _set(self, "square", (x, y, _int(square[2], "saliency.square side", minimum=1)))
+        shape = _tuple(self.shape, "saliency.shape")
+        if len(shape) != 2:
+            raise _fail("saliency.shape", "two integers (rows, cols)", self.shape)
+        shape = tuple(_int(v, "saliency.shape item", minimum=1) for v in shape)
+        if max(shape) > MAX_SALIENCY_GRID:
+            raise _fail("saliency.shape", f"at most {MAX_SALIENCY_GRID} cells a side", shape)
+        _set(self, "shape", shape)
+        if not isinstance(self.heat, (bytes, bytearray)):
+            raise _fail("saliency.heat", "binary", self.heat)
+        if len(self.heat) != shape[0] * shape[1]:
+            raise _fail("saliency.heat", f"{shape[0] * shape[1]} bytes for shape {shape}",
+                        len(self.heat))
+        _set(self, "heat", bytes(self.heat))
+
+    def grid(self) -> np.ndarray:
+        """The heat map: uint8 (rows, cols)."""
+        return np.frombuffer(self.heat, np.uint8).reshape(self.shape)
+
+
+def saliency_message(stream: str, seq: int, score: float, model: str, t_capture: float, layer: str,
+                     frame_shape: tuple[int, int], square: tuple[int, int, int], heat: np.ndarray) -> Saliency:
+    """A Saliency of ``heat``: float (rows, cols) in 0..1, sent as uint8 cells."""
+    cells = np.rint(np.clip(np.asarray(heat, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+    if cells.ndim != 2:
+        raise ProtocolError(f"saliency heat must be 2-D (rows, cols), got shape {cells.shape}")
+    return Saliency(stream=stream, seq=seq, score=score, model=model, t_capture=t_capture, layer=layer,
+                    frame_shape=frame_shape, square=square, shape=cells.shape, heat=cells.tobytes())
+
+
+Message = Frame | Score | EndOfStream | Heartbeat | Status | Episode | Saliency
+_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Frame, Score, EndOfStream, Heartbeat, Status, Episode, Saliency)}
 
 
 @functools.cache

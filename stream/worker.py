@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -42,15 +43,20 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import zmq
 
+from models.episodes import EpisodeEvent, EpisodeTracker
+from models.errors import ConfigError
 from models.settings import check, setting
+from models.verdict import DEFAULT_HOLD, check_hold
 from models.windows import RollingWindow
 from stream import keys, net, protocol
+from stream.hub import parse_shard, shard_of
 from stream.keys import allow_setting, key_name_setting, keys_setting, server_key_setting
+from stream.saliency import SaliencyThread, parse_mode
 
 if TYPE_CHECKING:
     from models.bundle import Bundle
@@ -77,6 +83,7 @@ BAD_IMAGE = "bad_image"  # a valid frame the model cannot take
 TOO_MANY_STREAMS = "too_many_streams"  # a frame of a new stream while max_streams streams are held
 SPOOFED = "spoofed"  # a heartbeat or status in a worker's name, arriving on the frames socket
 INTERNAL = "internal"  # anything else that failed on one message or batch: a bug, counted and survived
+NOT_OURS = "not_ours"  # lossless: a frame of a stream outside --streams/--shard, PUSHed here and so lost
 
 
 def rejection_class(exc: Exception) -> str:
@@ -159,6 +166,8 @@ class Scorer:
         self.expired = 0
         self.shape_changes = 0
         self.events: list[protocol.Status] = []
+        # The feature window of each score the last ``score`` call returned, in order (for saliency).
+        self.scored_windows: list[np.ndarray] = []
         self._warn = net.Throttled(logger, warn_interval_s)
 
     def _new_state(self, stream: str) -> _StreamState:
@@ -328,6 +337,7 @@ class Scorer:
 
         t_scored = time.time()
         out = []
+        scored_windows = []
         for (frame, t), value, window, frame_flags in zip(kept, values, windows, flags):
             if value is None:
                 continue
@@ -346,7 +356,9 @@ class Scorer:
             state.frames_out += 1
             self.latencies.append(latency)
             out.append(score)
+            scored_windows.append(window)
         self.frames_out += len(out)
+        self.scored_windows = scored_windows
         return out
 
     def _check_shape(self, frame: protocol.Frame, state: _StreamState) -> None:
@@ -400,6 +412,12 @@ class WorkerConfig:
     worker's key pair ``key_name`` (default ``worker``), clients allowed
     from ``allow``, the capture's public key ``server_key`` (default
     ``keys/capture.key``).
+    ``streams`` and ``shard`` make it one of several workers (stream.hub,
+    docs/protocol.md "Several workers"): it scores only the streams it
+    ``owns``, and its heartbeats carry ``process_id`` (``_worker.NAME``,
+    NAME by default the shard as ``0of2``) so a consumer tells the workers apart.
+    ``saliency`` (``stream.saliency.parse_mode``) publishes Grad-CAM heat
+    maps of chosen frames, computed in a thread of their own.
     """
 
     sub: tuple[str, ...] = setting((net.DEFAULT_PUB,), "frame addresses to connect to (several captures in live mode)")
@@ -414,19 +432,58 @@ class WorkerConfig:
     stream_idle_s: float = setting(60.0, "seconds without a frame after which a stream is forgotten",
                                    flag="stream-idle")
     forward_frames: bool = setting(False, "also publish each frame on the scores socket, before its score")
+    saliency: str = setting("off", "publish Grad-CAM heat maps (saliency messages) of: off, best (each head "
+                                   "episode's best frame) or 'every N' (every N-th frame); never delays scores")
     allow_remote: bool = setting(False, "allow binding a non-loopback scores address (encrypted only with --keys)")
     exit_after_eos: int = setting(0, "exit after this many ends of stream; 0 runs until stopped")
     silence_s: float = setting(protocol.DEAD_AFTER_S, "seconds without any message before the frame socket "
                                                       "reconnects", flag="silence")
     warn_interval_s: float = setting(5.0, "seconds between warnings of one rejection class (all are counted)",
                                      flag="warn-interval")
+    streams: tuple[str, ...] = setting((), "score only these stream ids (live: SUB topics, other streams never "
+                                           "arrive)", shown="all")
+    hold: int = setting(DEFAULT_HOLD, "frames at or above (below) the threshold before a head episode starts "
+                                      "(ends), the live verdict's hysteresis (docs/verdict.md)")
+    shard: str = setting("", "I/N: score only the streams whose CRC-32 of the UTF-8 id mod N is I", shown="all")
+    name: str | None = setting(None, "this worker's name in its heartbeats (_worker.NAME)",
+                               shown="the shard, e.g. 0of2; none without one")
     keys: Path | None = keys_setting()
     key_name: str | None = key_name_setting("worker")
     allow: Path | None = allow_setting()
     server_key: Path | None = server_key_setting("capture")
 
+    @functools.cached_property
+    def _shard(self) -> tuple[int, int] | None:
+        return parse_shard(self.shard)
+
+    @property
+    def process_id(self) -> str:
+        """The stream id of this worker's heartbeats: ``_worker``, or ``_worker.NAME``."""
+        name = self.name
+        if name is None and self._shard is not None:
+            name = "{}of{}".format(*self._shard)
+        return WORKER_ID if name is None else protocol.process_id("worker", name)
+
+    def owns(self, stream: str) -> bool:
+        """Whether data stream ``stream`` is in this worker's subset (``streams`` and ``shard``)."""
+        if self.streams and stream not in self.streams:
+            return False
+        return self._shard is None or shard_of(stream, self._shard[1]) == self._shard[0]
+
     def __post_init__(self) -> None:
         keys.check_options(self.keys, key_name=self.key_name, allow=self.allow, server_key=self.server_key)
+        check_hold(self.hold)
+        for stream in self.streams:
+            try:
+                protocol.topic(stream)
+            except protocol.ProtocolError as exc:
+                raise ConfigError(f"streams: {exc}") from None
+            check(not protocol.is_process_id(stream), f"streams: {stream!r} is a process id, not a data stream")
+        parse_shard(self.shard)
+        try:
+            self.process_id
+        except protocol.ProtocolError as exc:
+            raise ConfigError(f"name: {exc}") from None
         check(len(self.sub) >= 1, "sub: needs at least one address")
         check(self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}")
         check(self.heartbeat_s > 0, f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
@@ -436,6 +493,10 @@ class WorkerConfig:
         check(self.exit_after_eos >= 0, f"exit_after_eos: must be >= 0, got {self.exit_after_eos}")
         check(self.silence_s > 0, f"silence_s: must be > 0, got {self.silence_s}")
         check(self.warn_interval_s >= 0, f"warn_interval_s: must be >= 0, got {self.warn_interval_s}")
+        try:
+            parse_mode(self.saliency)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,17 +526,21 @@ class _Loop:
     """
 
     def __init__(self, scorer: Scorer, config: WorkerConfig, out: zmq.Socket, stop: threading.Event,
-                 max_frames: int | None) -> None:
+                 max_frames: int | None, saliency: SaliencyThread | None = None) -> None:
         self.scorer = scorer
+        self.saliency = saliency
         self.config = config
         self.out = out
         self.stop = stop
         self.max_frames = max_frames
         self.live = config.mode == "live"
+        self.other_streams = 0  # messages of streams outside this worker's subset, skipped (lossless frames: rejected)
         self.ends = 0
         self.backlog = 0
         # Live: the newest unscored frame of each stream, streams in the order they began to wait.
         self.waiting: dict[str, _Pending] = {}
+        # Head episodes of each scored stream, by the verdict's hysteresis, forgotten with the stream.
+        self.episodes: dict[str, EpisodeTracker] = {}
         self._started = time.monotonic()
         self._beat_at = self._started
         self._beat_counts = (0, 0)
@@ -538,6 +603,9 @@ class _Loop:
         except protocol.ProtocolError as exc:
             self.scorer.reject(exc)
             return
+        if not protocol.is_process_id(msg.stream) and not self.config.owns(msg.stream):
+            self.other_stream(msg)
+            return
         if isinstance(msg, protocol.Frame):
             if not self.live:
                 pending.append(_Pending(msg, raw, t_received))
@@ -553,6 +621,7 @@ class _Loop:
             else:
                 self.flush(pending)
                 pending.clear()
+            self.end_episodes([msg.stream])
             self.out.send(raw, copy=False)
             self.scorer.end(msg.stream)
             self.ends += 1
@@ -569,6 +638,17 @@ class _Loop:
         else:
             self.scorer.reject(protocol.ProtocolError(
                 f"unexpected {msg.TYPE} message on the frames socket (stream {msg.stream!r})", UNEXPECTED_TYPE))
+
+    def other_stream(self, msg: protocol.Message) -> None:
+        """A message of a stream outside this worker's subset: live, its own worker takes it (a hub or a
+        capture sends every stream to every worker of a shard), so it is only counted; lossless, a PUSH gave
+        it to this worker alone, so a frame is lost and rejected."""
+        if self.live or not isinstance(msg, protocol.Frame):
+            self.other_streams += 1
+            return
+        self.scorer.reject(protocol.ProtocolError(
+            f"frame {msg.stream}#{msg.seq}: stream not in this worker's --streams/--shard, lost (a lossless "
+            f"capture pushes each frame to one worker: connect only the worker of its shard)", NOT_OURS))
 
     def score_waiting(self) -> None:
         """Live: score the streams that have waited longest, at most max_batch frames in one call."""
@@ -588,6 +668,7 @@ class _Loop:
     def _publish(self, pending: list[_Pending], scores: list[protocol.Score]) -> None:
         # Scores come in input order with rejected frames left out, so walk both lists.
         it = iter(scores)
+        windows = iter(self.scorer.scored_windows)
         score = next(it, None)
         for item in pending:
             if score is None or (score.stream, score.seq) != (item.frame.stream, item.frame.seq):
@@ -595,12 +676,36 @@ class _Loop:
             if self.config.forward_frames:
                 self.out.send(item.raw, copy=False)
             self.out.send(protocol.encode(score))
+            window = next(windows)
+            if self.saliency is not None:
+                self.saliency.offer(item.frame, window, score)
+            tracker = self.episodes.get(score.stream)
+            if tracker is None:
+                tracker = self.episodes[score.stream] = EpisodeTracker(score.stream, score.threshold, self.config.hold)
+            self.send_episodes(tracker.feed(score.seq, score.score, score.t_capture))
             score = next(it, None)
+
+    def send_episodes(self, events: list[EpisodeEvent]) -> None:
+        if self.saliency is not None:
+            self.saliency.episodes(events)
+        for event in events:
+            self.out.send(protocol.encode(protocol.Episode(
+                **dataclasses.asdict(event), threshold=self.scorer.threshold, model=self.scorer.model_id)))
+
+    def end_episodes(self, streams: Iterable[str]) -> None:
+        """Close the open episodes of streams that ended or were forgotten, and forget their trackers."""
+        for stream in streams:
+            tracker = self.episodes.pop(stream, None)
+            if tracker is not None:
+                self.send_episodes(tracker.close())
 
     def publish_events(self) -> None:
         for event in self.scorer.events:
             self.out.send(protocol.encode(event))
         self.scorer.events.clear()
+        if self.saliency is not None:
+            for heat in self.saliency.results():
+                self.out.send(protocol.encode(heat))
 
     def heartbeat(self) -> None:
         now = time.monotonic()
@@ -609,11 +714,15 @@ class _Loop:
         self._beat_at, counts, self._beat_counts = now, self._beat_counts, (frames_in, frames_out)
         try:
             self.scorer.expire()
+            self.end_episodes([s for s in self.episodes if s not in self.scorer.streams])
             self.publish_events()
             stats = self.scorer.stats()
             stats.update({"fps_in": (frames_in - counts[0]) / elapsed, "fps_out": (frames_out - counts[1]) / elapsed,
-                          "backlog": self.backlog, "ends": self.ends, "uptime_s": now - self._started})
-            beat = protocol.Heartbeat(WORKER_ID, "worker", os.getpid(), time.time(), stats)
+                          "backlog": self.backlog, "ends": self.ends, "uptime_s": now - self._started,
+                          "other_streams": self.other_streams})
+            if self.saliency is not None:
+                stats.update(self.saliency.stats())
+            beat = protocol.Heartbeat(self.config.process_id, "worker", os.getpid(), time.time(), stats)
             self.out.send(protocol.encode(beat))
         except Exception as exc:  # a heartbeat that cannot be made must not end the scoring
             self.scorer.reject(exc, "heartbeat", key=INTERNAL)
@@ -626,8 +735,9 @@ class LoadingHeartbeats:
     and the join on leaving it hands the socket back to the caller's thread.
     """
 
-    def __init__(self, out: zmq.Socket, interval_s: float) -> None:
+    def __init__(self, out: zmq.Socket, interval_s: float, process_id: str = WORKER_ID) -> None:
         self.out = out
+        self.process_id = process_id
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._started = time.monotonic()
@@ -644,7 +754,8 @@ class LoadingHeartbeats:
     def _run(self) -> None:
         while True:
             stats = {"loading": 1, "uptime_s": time.monotonic() - self._started}
-            self.out.send(protocol.encode(protocol.Heartbeat(WORKER_ID, "worker", os.getpid(), time.time(), stats)))
+            beat = protocol.Heartbeat(self.process_id, "worker", os.getpid(), time.time(), stats)
+            self.out.send(protocol.encode(beat))
             if self._stop.wait(self.interval_s):
                 return
 
@@ -726,18 +837,27 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
     # is queued here is lost if the worker is killed (docs/protocol.md, section 5).
     # Live wants a short queue of fresh frames.
     hwm = net.DEFAULT_HWM if config.mode == "live" else config.max_batch
+    # Live: the streams' topics, and "_" for upstream heartbeats and status. A shard is no topic
+    # prefix: its worker takes every stream and skips the others (_Loop.other_stream).
+    subscribe = None
+    if config.mode == "live" and config.streams:
+        subscribe = [protocol.topic(stream) for stream in config.streams] + [b"_"]
     # Scores: room for a few batches of frames and scores for each consumer.
     scores_hwm = 4 * (net.DEFAULT_HWM if config.mode == "live" else max(net.DEFAULT_HWM, 2 * config.max_batch))
     stop = stop_event if stop_event is not None else threading.Event()
     with net.socket(zmq.PUB, bind=config.pub, hwm=scores_hwm, linger=_SCORES_LINGER_MS,
                     allow_remote=config.allow_remote, curve=server) as out:
         loaded = None
-        with LoadingHeartbeats(out, config.heartbeat_s):
+        with LoadingHeartbeats(out, config.heartbeat_s, config.process_id):
             try:
                 with _signals_abandon(stop):
                     loaded = _load(bundle, stop)
             except _Abandoned as exc:
                 logger.info("worker: %s while loading its model, stopped", exc)
+            mode, every = parse_mode(config.saliency)
+            # Its Grad-CAM traces for a second or more: while the heartbeats still say loading.
+            saliency = None if loaded is None or mode == "off" else SaliencyThread(
+                loaded[1], mode, every, threshold=loaded[0].threshold, warn_interval_s=config.warn_interval_s)
         if loaded is None:
             logger.info("worker stopped before its model was ready")
             return WorkerStats(0, 0, 0, {}, 0, 0.0)
@@ -745,15 +865,24 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
         scorer = Scorer(runtime, bundle.threshold, bundle.model_id, warn_interval_s=config.warn_interval_s,
                         max_streams=config.max_streams, idle_s=config.stream_idle_s)
         started = time.monotonic()
-        loop = _Loop(scorer, config, out, stop, max_frames)
-        with net.Inbox(kind, config.sub, on_closed=loop.closed, silence_s=config.silence_s, hwm=hwm,
-                       max_size=config.max_message_size, curve=client) as inbox:
+        loop = _Loop(scorer, config, out, stop, max_frames, saliency)
+        with contextlib.ExitStack() as running:
+            if saliency is not None:
+                running.enter_context(saliency)
+            inbox = running.enter_context(net.Inbox(
+                kind, config.sub, on_closed=loop.closed, silence_s=config.silence_s, hwm=hwm,
+                max_size=config.max_message_size, subscribe=subscribe, curve=client))
             logger.info("worker %s (%s, threshold %.3f): %s from %s, scores on %s", bundle.model_id,
                         bundle.config.backbone, bundle.threshold, config.mode, ", ".join(config.sub), config.pub)
+            if config.streams or config.shard:
+                logger.info("worker %s takes streams %s, shard %s", config.process_id,
+                            ",".join(config.streams) or "all", config.shard or "all")
             try:
                 loop.run(inbox)
             except KeyboardInterrupt:
                 logger.info("worker interrupted")
+            if saliency is not None:
+                saliency.finish()
             loop.heartbeat()
     logger.info("worker: %d frames in, %d scored, %d dropped, %d lost, %d rejected", scorer.frames_in,
                 scorer.frames_out, scorer.dropped, scorer.lost, sum(scorer.rejected.values()))

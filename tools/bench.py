@@ -20,6 +20,20 @@ Sections (``--sections``):
   pack) on a small synthetic dataset for 3 epochs, scaled to 50 by its
   measured epoch time, against one backbone pass over the same frames and
   against the seed's way of running the backbone inside every training step.
+- ``export``: one frame's cost under onnxruntime on the CPU, the two
+  exported streaming pieces (``fetalhead model export --pieces``: extractor
+  on the frame, head on its 8-frame window), against the Keras compiled
+  path (``models.runtime``) on the same frames, and each piece alone.
+- ``scaleout``: 8 live probes at ``live_fps`` (frames of ``image_size``
+  pixels) over 2 ``fetalhead worker`` processes (``--shard 0/2``, ``1/2``)
+  behind a ``fetalhead hub``: each stream's p99 latency against one frame
+  period, each stream's drops, each worker's memory at the end against its
+  start.
+- ``saliency``: the worker's per-frame cost (received -> published, one
+  frame in flight at a time) with ``--saliency best`` and with
+  ``--saliency "every 10"`` against the same worker with ``--saliency off``;
+  the heat maps are computed in a thread of their own while the next frames
+  are scored.
 
 ``--repeats N`` measures each section N times over and reports, per figure,
 the run whose ratio is the median, with the range of the N ratios (``--json``
@@ -48,7 +62,7 @@ from models.errors import FetalheadError
 from models.settings import check, setting
 from stream.supervise import rss_bytes, subcommand, wait_ready
 
-SECTIONS = ("backbones", "stream", "view", "training")
+SECTIONS = ("backbones", "stream", "view", "training", "export", "scaleout", "saliency")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,6 +464,142 @@ def bench_view(backbone: str, config: BenchConfig, frames: list[np.ndarray], mod
     ]
 
 
+SALIENCY_EVERY = 10
+
+
+def bench_saliency(backbone: str, config: BenchConfig, frames: list[np.ndarray], model: Path) -> list[Row]:
+    """The lossless worker's per-frame cost with ``--saliency best`` and ``every 10`` against ``off``."""
+    from stream import protocol
+
+    n = 3 * config.frames
+    measured = {}
+    for mode in ("off", "best", f"every {SALIENCY_EVERY}"):
+        worker = WorkerProcess(model, "lossless", "--saliency", mode)
+        try:
+            costs = []
+            for i in range(n):
+                frame = protocol.frame_message("bench", i, frames[i % len(frames)], t_capture=time.time())
+                worker.frames.send(protocol.encode(frame))
+                got = worker.scores_of(1, 60)
+                if not got:
+                    raise FetalheadError(f"bench: the worker with --saliency {mode} gave no score")
+                costs.append(got[0].t_scored - got[0].t_received)
+            measured[mode] = statistics.median(costs[config.frames:])
+        finally:
+            worker.close()
+    base = measured["off"] * 1e3
+    baseline = "the same worker with --saliency off"
+    return [Row("saliency", backbone, f"worker per frame with --saliency {mode}", measured[mode] * 1e3, "ms",
+                base, baseline, "<= 1.05") for mode in ("best", f"every {SALIENCY_EVERY}")]
+
+
+SCALEOUT_PROBES = 8
+SCALEOUT_WORKERS = 2
+
+
+def bench_scaleout(backbone: str, config: BenchConfig, frames: list[np.ndarray], model: Path) -> list[Row]:
+    """8 live probes at ``live_fps`` over 2 ``fetalhead worker`` processes (``--shard 0/2``, ``1/2``) behind a
+    ``fetalhead hub``: each stream's p99 latency against one frame period (under it, a stream is kept up
+    with), its drops, and each worker's memory at the end against its start."""
+    import cv2
+    import zmq
+
+    from stream import net, protocol
+
+    size = config.image_size
+    # Frames of the model's input size: the hub sends every stream to both workers, so raw
+    # camera frames would measure this machine's memory bandwidth, not the workers.
+    images = [cv2.resize(frame, (size, size)) for frame in frames]
+    streams = [f"probe{i}" for i in range(SCALEOUT_PROBES)]
+    captures = [net.free_tcp_address() for _ in streams]
+    hub_frames, hub_scores = net.free_tcp_address(), net.free_tcp_address()
+    worker_scores = [net.free_tcp_address() for _ in range(SCALEOUT_WORKERS)]
+    pubs = [net.socket(zmq.PUB, bind=addr, hwm=4) for addr in captures]
+    children: list[subprocess.Popen] = []
+    sent = {stream: [] for stream in streams}  # t_capture of each frame sent while measuring
+    scores: dict[str, list] = {stream: [] for stream in streams}
+    done = threading.Event()
+
+    def probe(stream: str, pub: Any, measure_from: float) -> None:
+        seq, next_at = 0, time.monotonic()
+        while not done.is_set():
+            t = time.time()
+            pub.send(protocol.encode(protocol.frame_message(stream, seq, images[seq % len(images)], t_capture=t)))
+            if t >= measure_from:
+                sent[stream].append(t)
+            seq += 1
+            next_at += 1.0 / config.live_fps
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    try:
+        children.append(subprocess.Popen(
+            subcommand("hub", "--captures", ",".join(captures), "--frames", hub_frames,
+                       "--workers", ",".join(worker_scores), "--scores", hub_scores),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for i, addr in enumerate(worker_scores):
+            children.append(subprocess.Popen(
+                subcommand("worker", "--model", str(model), "--sub", hub_frames, "--pub", addr,
+                           "--shard", f"{i}/{SCALEOUT_WORKERS}", "--heartbeat", "0.5"),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        with net.Subscriber(hub_scores) as sub:
+            # Both workers ready, heard through the hub: the model is warm and the subscriptions are up end to end.
+            ready: set[str] = set()
+            deadline = time.monotonic() + 600
+            while len(ready) < SCALEOUT_WORKERS and time.monotonic() < deadline:
+                ready |= {m.stream for m in sub.receive(1.0)
+                          if isinstance(m, protocol.Heartbeat) and m.role == "worker" and not m.loading}
+                ended = [child for child in children if child.poll() is not None]
+                if ended:
+                    why = ended[0].stderr.read().strip().splitlines()
+                    raise FetalheadError(f"bench: fetalhead {ended[0].args[3]} ended{': ' + why[-1] if why else ''}")
+            if len(ready) < SCALEOUT_WORKERS:
+                raise FetalheadError(f"bench: {len(ready)} of {SCALEOUT_WORKERS} workers ready through the hub")
+            warm_s = 3.0
+            measure_from = time.time() + warm_s
+            feeders = [threading.Thread(target=probe, args=(s, p, measure_from), daemon=True)
+                       for s, p in zip(streams, pubs)]
+            for feeder in feeders:
+                feeder.start()
+            time.sleep(warm_s)
+            rss_start = [(rss_bytes(child.pid) or math.nan) / 2**20 for child in children[1:]]
+            measure_to = measure_from + config.live_seconds
+            # A second's grace after the last frame for the scores still on their way.
+            while time.time() < measure_to + 1.0:
+                if time.time() >= measure_to:
+                    done.set()
+                for m in sub.receive(0.2):
+                    measured = measure_from <= getattr(m, "t_capture", 0.0) < measure_to
+                    if isinstance(m, protocol.Score) and m.stream in scores and measured:
+                        scores[m.stream].append(m)
+            rss_end = [(rss_bytes(child.pid) or math.nan) / 2**20 for child in children[1:]]
+            for feeder in feeders:
+                feeder.join(5)
+    finally:
+        done.set()
+        for child in reversed(children):
+            _end(child)
+        for pub in pubs:
+            pub.close(linger=0)
+
+    period_ms = 1e3 / config.live_fps
+    what = f"{SCALEOUT_PROBES} probes x {config.live_fps:g} fps over {SCALEOUT_WORKERS} workers + hub"
+    rows = []
+    for stream in streams:
+        if not scores[stream]:
+            raise FetalheadError(f"bench: stream {stream} got no score through the hub")
+        p99 = float(np.percentile([s.latency for s in scores[stream]], 99)) * 1e3
+        rows.append(Row("scaleout", backbone, f"{stream} live p99 latency, {what}", p99, "ms", period_ms,
+                        "one frame period", "<= 1"))
+    for stream in streams:
+        offered = sum(1 for t in sent[stream] if t < measure_to)
+        rows.append(Row("scaleout", backbone, f"{stream} frames dropped, {what}",
+                        100.0 * (offered - len(scores[stream])) / max(offered, 1), "%"))
+    for i, (start, end) in enumerate(zip(rss_start, rss_end)):
+        rows.append(Row("scaleout", backbone, f"worker {i}/{SCALEOUT_WORKERS} memory at end, {what}", end, "MiB",
+                        start, "memory at start", "~1"))
+    return rows
+
+
 def import_seconds() -> float:
     """What a fresh Python process spends importing TensorFlow and Keras here."""
     code = "import time; t = time.perf_counter(); import keras, tensorflow; print(time.perf_counter() - t)"
@@ -541,6 +691,51 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
     ]
 
 
+def bench_export(backbone: str, bundle, frames: list[np.ndarray], folder: Path) -> list[Row]:
+    import onnxruntime
+
+    from models.export import export
+    from models.preprocess import preprocess_batch
+
+    extractor_path, head_path = export(bundle, folder / f"{backbone}.onnx", pieces=True)
+    # onnxruntime's CPU provider, as a device without an accelerator runs it; TensorFlow has the same cores.
+    extractor = onnxruntime.InferenceSession(str(extractor_path), providers=["CPUExecutionProvider"])
+    head = onnxruntime.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
+    runtime = bundle.runtime()
+    runtime.warm_up()
+    images = preprocess_batch(frames, bundle.config)
+    window = bundle.config.window
+    features = runtime.features(images)
+    repeats = 3 if backbone == "vgg19" else 10
+
+    def measure(extract: Callable[[int], Any], score: Callable[[int], Any]) -> tuple[float, float, float]:
+        """Seconds of (one frame, the extractor alone, the head alone); frame i's window ends at i."""
+        # Each timed frame takes the run's next full window: both paths see the same frames.
+        positions = iter(range(window - 1, len(images)))
+
+        def frame() -> None:
+            i = next(positions)
+            extract(i)
+            score(i)
+
+        return (timed(frame, min(repeats, len(images) - window)), timed(lambda: extract(0), repeats),
+                timed(lambda: score(window - 1), repeats))
+
+    keras_s = measure(lambda i: runtime.features(images[i:i + 1]),
+                      lambda i: runtime.score_newest([features[i + 1 - window:i + 1]]))
+    onnx_s = measure(lambda i: extractor.run(["features"], {"frames": images[i:i + 1]}),
+                     lambda i: head.run(["scores"], {"features": features[None, i + 1 - window:i + 1]}))
+    baseline = "Keras compiled path (models.runtime)"
+    return [
+        Row("export", backbone, "one frame, onnxruntime CPU (extractor + head)", onnx_s[0] * 1e3, "ms",
+            keras_s[0] * 1e3, baseline),
+        Row("export", backbone, "extractor, one frame, onnxruntime CPU", onnx_s[1] * 1e3, "ms",
+            keras_s[1] * 1e3, baseline),
+        Row("export", backbone, f"head, one {window}-frame window, onnxruntime CPU", onnx_s[2] * 1e3, "ms",
+            keras_s[2] * 1e3, baseline),
+    ]
+
+
 def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> list[Row]:
     import tempfile
 
@@ -571,6 +766,15 @@ def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None)
                 # A folder per run: a second run in the first's would find its features cached and folds done.
                 rows += repeated(f"{backbone}: training",
                                  lambda: bench_training(backbone, bundle, config, Path(tempfile.mkdtemp(dir=tmp))))
+            if "export" in config.sections:
+                rows += repeated(f"{backbone}: onnxruntime against the Keras compiled path",
+                                 lambda: bench_export(backbone, bundle, frames, Path(tempfile.mkdtemp(dir=tmp))))
+            if "saliency" in config.sections:
+                rows += repeated(f"{backbone}: worker with and without saliency",
+                                 lambda: bench_saliency(backbone, config, frames, Path(tmp) / f"{backbone}.fhb"))
+            if "scaleout" in config.sections:
+                rows += repeated(f"{backbone}: {SCALEOUT_PROBES} live probes over {SCALEOUT_WORKERS} workers and a hub",
+                                 lambda: bench_scaleout(backbone, config, frames, Path(tmp) / f"{backbone}.fhb"))
     return rows
 
 

@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from tools.bench import SECTIONS
 from tools.cli import main
 
 
@@ -41,6 +42,8 @@ def test_console_script_runs():
 # a bad value in its TOML table is exit 1 naming the setting and what is allowed.
 BAD_FLAGS = [
     (["model", "info", "--image-size", "big"], "argument --image-size: invalid int value: 'big'"),
+    (["model", "export", "m.fhb", "m.pt"], "argument out: export m.pt: unknown format '.pt': write OUT.keras (Keras), "
+     "OUT.onnx (ONNX), or a folder OUT/, OUT.savedmodel or OUT (TensorFlow SavedModel)"),
     (["synth", "{tmp}/out", "--scans", "many"], "argument --scans: invalid int value: 'many'"),
     (["data", "check", "{tmp}", "--window", "x"], "argument --window: invalid int value: 'x'"),
     (["train", "{tmp}", "--out", "{tmp}/run", "--threshold-rule", "max"],
@@ -53,6 +56,8 @@ BAD_FLAGS = [
     (["record", "--fps", "fast"], "argument --fps: invalid float value: 'fast'"),
     (["view", "--max-fps", "many"], "argument --max-fps: invalid float value: 'many'"),
     (["igtl-out", "--port", "x"], "argument --port: invalid int value: 'x'"),
+    (["hub", "--max-message-size", "big"], "argument --max-message-size: invalid int value: 'big'"),
+    (["explain", "m.fhb", "{tmp}", "--out", "{tmp}/x", "--alpha", "x"], "argument --alpha: invalid float value: 'x'"),
     (["run", "synthetic", "--mode", "fast"], "argument --mode: invalid choice: 'fast' (choose from 'live', 'lossless')"),
     (["keys"], "the following arguments are required: folder"),
     (["soak", "--minutes", "long"], "argument --minutes: invalid float value: 'long'"),
@@ -72,8 +77,11 @@ BAD_TABLES = [
     (["run", "synthetic", "--model", "m.fhb"], "[run]\nrestarts = -1\n", "run.restarts: must be >= 0, got -1"),
     (["capture", "synthetic"], '[capture]\nallow = "keys/"\n', "capture.allow: needs keys (--keys DIR) to turn CURVE on"),
     (["soak"], "[soak]\nfps = 0\n", "soak.fps: must be > 0, got 0.0"),
+    (["hub"], "[hub]\nworkers = []\n", "hub.captures, workers: give at least one side"),
+    (["explain", "m.fhb", "{tmp}", "--out", "{tmp}/x"], '[explain]\nframes = "often"\n',
+     "explain.frames: 'often' is not head, all or a number >= 1"),
     (["demo"], "[demo]\nfolds = 1\n", "demo.folds: must be >= 2, got 1"),
-    (["bench"], '[bench]\nsections = ["fast"]\n', "bench.sections: 'fast' is not one of backbones, stream, view, training"),
+    (["bench"], '[bench]\nsections = ["fast"]\n', "bench.sections: 'fast' is not one of " + ", ".join(SECTIONS)),
 ]
 
 
@@ -103,7 +111,7 @@ def test_every_command_is_covered():
 # Every command and sub-command; an option without a default says it is required.
 HELP_PAGES = [["model", "info"], ["model", "export"], ["synth"], ["data", "check"], ["train"], ["train", "merge"],
               ["evaluate"], ["capture"], ["worker"], ["watch"], ["record"], ["run"], ["keys"], ["demo"], ["bench"],
-              ["soak"], ["view"], ["igtl-out"]]
+              ["soak"], ["view"], ["igtl-out"], ["hub"], ["explain"]]
 NO_DEFAULT = {"-h", "-v", "--config"}
 
 
