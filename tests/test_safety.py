@@ -85,14 +85,14 @@ def _file_calls(path: Path) -> list[tuple[str, str]]:
 
 def test_consumers_of_messages_open_only_the_files_they_were_told_to():
     """Past reading their config file (in ``main``), the worker and the viewer open no file; the
-    recorder opens its CSV and its videos, whose paths are the configured ones (a stream id
-    at most added to the name, see stream_path)."""
+    recorder opens its CSV, its videos and its best frames, whose paths are the configured ones (a
+    stream id and a frame number at most added to the name, see stream_path)."""
     def calls(name: str) -> list[tuple[str, str]]:
         return [c for c in _file_calls(ROOT / "stream" / name) if c[0] not in ("main", "work")]
 
     assert calls("worker.py") == []
     assert calls("watch.py") == []
-    assert sorted(f for f, _ in calls("record.py")) == ["__init__", "_open"]
+    assert sorted(f for f, _ in calls("record.py")) == ["__init__", "__init__", "_files", "_open"]
 
 
 def test_hostile_message_fields_never_become_paths(tmp_path):
@@ -101,7 +101,7 @@ def test_hostile_message_fields_never_become_paths(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    config = RecordConfig(csv=out / "scores.csv", video=out / "annotated.avi", fps=10.0)
+    config = RecordConfig(csv=out / "scores.csv", video=out / "annotated.avi", fps=10.0, best_frames=out / "best")
     image = np.zeros((16, 16, 3), np.uint8)
     with Recorder(config) as recorder:
         for stream in ("..", "a:b", "x.y"):
@@ -109,8 +109,11 @@ def test_hostile_message_fields_never_become_paths(tmp_path):
                 recorder.handle(protocol.frame_message(stream, seq, image))
                 recorder.handle(protocol.Score(stream, seq, 0.9, True, 0.5, "../../model", time.time(), time.time(),
                                                time.time(), 0.01, ("../etc/passwd",), 1, 0))
+            recorder.handle(protocol.Episode(stream, "end", 0, 2, 0.9, 0, 0, time.time(), time.time(), 0.5,
+                                             "../../model"))
             recorder.handle(protocol.Status(stream, "warning", "/etc/passwd", time.time()))
             recorder.handle(protocol.EndOfStream(stream, 2, "../../eof", time.time()))
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    assert written == ["out", "out/annotated-...avi", "out/annotated-a%3Ab.avi", "out/annotated-x.y.avi",
-                       "out/scores.csv"]
+    best = [f"out/best/{name}-00000000.{ext}" for name in ("..", "a%3Ab", "x.y") for ext in ("dcm", "png")]
+    assert written == sorted(["out", "out/annotated-...avi", "out/annotated-a%3Ab.avi", "out/annotated-x.y.avi",
+                              "out/scores.csv", "out/best", "out/best/episodes.csv", *best])

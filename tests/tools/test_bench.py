@@ -20,7 +20,7 @@ def test_bench_prints_every_figure_with_its_baseline(tmp_path, capsys):
     figures = {row["figure"] for row in rows}
     for expected in ("one frame, compiled path", "worker per frame (received -> published)",
                      "per frame, rolling feature buffer", "lossless replay throughput",
-                     "feature extraction (one backbone pass)"):
+                     "feature extraction (one backbone pass)", "one frame scored by 5 fold heads averaged"):
         assert expected in figures
     assert any(f.startswith("live p99 latency") for f in figures)
     (view,) = [row for row in rows if row["section"] == "view" and row["unit"] == "ms" and "per frame" in row["figure"]]
@@ -30,7 +30,8 @@ def test_bench_prints_every_figure_with_its_baseline(tmp_path, capsys):
     assert {row["baseline_name"] for row in kfold} == {"one backbone pass over the same frames",
                                                       "backbone inside every step (seed's way)"}
     for row in rows:
-        assert row["value"] > 0
+        # A stream may drop no frame at all; every other figure is a time, a rate or a size.
+        assert row["value"] >= 0 if "frames dropped" in row["figure"] else row["value"] > 0, row
         if row["baseline"] is not None:
             assert row["ratio"] > 0
     assert "fetalhead bench" in capsys.readouterr().out
