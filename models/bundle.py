@@ -3,10 +3,11 @@
 A bundle is a zip file::
 
     bundle.json            format, version, preprocessing version, ModelConfig,
-                           threshold, class names, training summary and
-                           metrics, package versions
+                           threshold, calibration (optional), head_members
+                           (optional, the fold heads averaged), class names,
+                           training summary and metrics, package versions
     extractor.weights.h5   the backbone's weights (Keras weights file)
-    head.weights.h5        the temporal head's weights
+    head.weights.h5        the temporal head's weights (all members')
 
 ``load`` rebuilds both models from the bundle's own config, never from
 command-line flags, then loads the weights. Only weights are read from the
@@ -20,7 +21,7 @@ naming the member, like every other problem with a bundle.
 
 A bundle made with another preprocessing version (``PREPROCESS_VERSION``)
 is refused: its weights were fitted to inputs this code no longer makes.
-``export_keras`` writes a bundle as one end-to-end Keras model.
+``models.export`` writes a bundle as one model for Keras, ONNX or TensorFlow.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from models.calibration import Calibration
 from models.classes import CLASS_NAMES
 from models.config import ModelConfig
 from models.errors import BundleError, ConfigError, WeightsError
@@ -59,6 +61,8 @@ _MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "extractor.weights.h5": 2 << 30, "h
 # bundle.json written by ``save`` is 4 levels deep; whoever reads its info later may recurse.
 _MAX_JSON_DEPTH = 32
 _MAX_CLASS_NAME = 64
+# More heads than any k-fold run makes: a larger count is a damaged file, not a model.
+_MAX_HEAD_MEMBERS = 64
 
 
 def package_versions() -> dict[str, str]:
@@ -88,19 +92,28 @@ class Bundle:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
     model_id: str = ""
+    calibration: Calibration | None = None
 
     def runtime(self) -> Runtime:
         from models.runtime import Runtime
 
-        return Runtime(self.config, self.extractor, self.head)
+        return Runtime(self.config, self.extractor, self.head, calibration=self.calibration)
 
 
 def save(path: str | Path, config: ModelConfig, extractor: keras.Model, head: keras.Model, *,
-         threshold: float = 0.5, info: dict[str, Any] | None = None) -> Path:
-    """Write a bundle to ``path`` atomically (a temporary file, then rename)."""
+         threshold: float = 0.5, info: dict[str, Any] | None = None,
+         calibration: Calibration | None = None) -> Path:
+    """Write a bundle to ``path`` atomically (a temporary file, then rename).
+
+    With ``calibration``, ``threshold`` must be on the calibrated scale (the
+    scale every ``Runtime`` of the loaded bundle scores on).
+    """
+    from models.cnn_lstm import head_members
+
     path = Path(path)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    members = head_members(head)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT,
@@ -110,6 +123,8 @@ def save(path: str | Path, config: ModelConfig, extractor: keras.Model, head: ke
         "feature_dim": int(extractor.output_shape[-1]),
         "threshold": float(threshold),
         "class_names": list(CLASS_NAMES),
+        **({"calibration": calibration.to_dict()} if calibration is not None else {}),
+        **({"head_members": members} if members > 1 else {}),
         "info": info or {},
         "versions": package_versions(),
     }
@@ -230,6 +245,9 @@ def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
         ("feature_dim", meta.get("feature_dim") is None or _is_integer(meta["feature_dim"]), "an integer"),
         ("preprocess_version", "preprocess_version" not in meta or _is_integer(meta["preprocess_version"]),
          "an integer"),
+        ("head_members", "head_members" not in meta or (
+            _is_integer(meta["head_members"]) and 1 <= meta["head_members"] <= _MAX_HEAD_MEMBERS),
+         f"an integer in [1, {_MAX_HEAD_MEMBERS}]"),
         ("info", isinstance(meta.get("info", {}), dict), "a table"),
         ("versions", isinstance(meta.get("versions", {}), dict), "a table"),
     )
@@ -238,6 +256,22 @@ def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
             shown = repr(meta.get(name))
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             raise BundleError(f"model bundle {path}: bundle.json {name} must be {what}, got {shown}")
+    calibration_of(path, meta)
+
+
+def head_members_of(path: str | Path, meta: dict[str, Any]) -> int:
+    """How many heads the bundle's head averages (``models.cnn_lstm.build_temporal_head``'s ``members``)."""
+    return int(meta.get("head_members", 1))
+
+
+def calibration_of(path: str | Path, meta: dict[str, Any]) -> Calibration | None:
+    """The bundle's calibration, None for bundles without one (older ones); BundleError when malformed."""
+    if meta.get("calibration") is None:
+        return None
+    try:
+        return Calibration.from_dict(meta["calibration"])
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"model bundle {path}: bundle.json calibration: {exc}") from None
 
 
 def load(path: str | Path) -> Bundle:
@@ -269,7 +303,7 @@ def load(path: str | Path) -> Bundle:
         if meta.get("feature_dim") not in (None, feature_dim):
             raise BundleError(f"model bundle {path}: config builds {config.backbone} with {feature_dim} features "
                               f"but the bundle says {meta['feature_dim']}")
-        head = build_temporal_head(config, feature_dim)
+        head = build_temporal_head(config, feature_dim, members=head_members_of(path, meta))
         for member, model in (("extractor.weights.h5", extractor), ("head.weights.h5", head)):
             try:
                 load_weights_strict(model, unpacked[member])
@@ -281,28 +315,9 @@ def load(path: str | Path) -> Bundle:
     threshold = float(meta.get("threshold", 0.5))
     return Bundle(config=config, extractor=extractor, head=head, threshold=threshold,
                   class_names=tuple(meta.get("class_names", CLASS_NAMES)), info=meta.get("info", {}),
-                  path=path, model_id=model_id(path, config.backbone))
+                  path=path, model_id=model_id(path, config.backbone), calibration=calibration_of(path, meta))
 
 
 def model_id(path: str | Path, backbone: str) -> str:
     """The id the worker puts in every score: the backbone and the first 12 hex digits of the file's SHA-256."""
     return f"{backbone}-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
-
-
-def export_keras(bundle: Bundle, out: str | Path) -> Path:
-    """Write ``bundle`` as one end-to-end Keras model to ``out`` (a ``.keras`` file); returns its path.
-
-    The model maps preprocessed frames float32 (B, window, S, S, 3) (see
-    ``models.preprocess``) to per-frame scores float32 (B, window). Its head
-    uses Keras's own LSTM layers, so the file loads where fetalhead is not
-    installed.
-    """
-    import keras
-
-    from models.cnn_lstm import build_cnn_lstm, build_temporal_head
-
-    head = build_temporal_head(bundle.config, bundle.head.input_shape[-1], lstm=keras.layers.LSTM)
-    head.set_weights(bundle.head.get_weights())
-    out = Path(out)
-    build_cnn_lstm(bundle.config, bundle.extractor, head).save(out)
-    return out

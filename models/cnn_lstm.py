@@ -32,7 +32,7 @@ def build_feature_extractor(config: ModelConfig, *, weights: str | None = None) 
 
 def build_temporal_head(config: ModelConfig, feature_dim: int, *, inference: bool = False,
                         fixed_window: bool = False, lstm: type[keras.layers.LSTM] = LSTM,
-                        name: str | None = None) -> keras.Model:
+                        name: str | None = None, members: int = 1) -> keras.Model:
     """Feature sequences float32 (B, T, F) -> per-frame Head probabilities float32 (B, T).
 
     T may be any length: the LSTMs are causal, so the score at position t
@@ -42,28 +42,66 @@ def build_temporal_head(config: ModelConfig, feature_dim: int, *, inference: boo
     path compiled once. ``lstm`` is ``models.lstm.LSTM`` (Keras's LSTM with
     the input projection hoisted out of the time loop); ``keras.layers.LSTM``
     takes the same weights, for files that must load with Keras alone.
+    ``members`` > 1 builds that many such stacks side by side on the same
+    features and averages their scores: a trained bundle's fold heads
+    (docs/calibration.md); their layers are named ``NAME_mI``.
     """
+    inputs = keras.Input((config.window if fixed_window else None, feature_dim), name="features")
+    if members == 1:
+        outputs = _head_stack(config, inputs, inference, lstm, "")
+    else:
+        scores = [_head_stack(config, inputs, inference, lstm, f"_m{i}") for i in range(members)]
+        outputs = layers.Average(name="mean_score")(scores)
+    outputs = layers.Reshape((-1,), name="scores")(outputs)
+    return keras.Model(inputs, outputs, name=name or ("temporal_head_inference" if inference else "temporal_head"))
+
+
+def _head_stack(config: ModelConfig, inputs, inference: bool, lstm: type[keras.layers.LSTM], suffix: str):
+    """The seed's head on ``inputs``: (B, T, F) -> (B, T, 1); layer names end in ``suffix``."""
     recurrent_dropout = 0.0 if inference else config.recurrent_dropout
     first, second = config.lstm_units
     seed = config.seed
-    inputs = keras.Input((config.window if fixed_window else None, feature_dim), name="features")
-    x = lstm(first, return_sequences=True, recurrent_dropout=recurrent_dropout, seed=seed, name="lstm_1")(inputs)
-    x = layers.BatchNormalization(name="bn_1")(x)
-    x = layers.Dropout(config.dropout, seed=seed, name="dropout_1")(x)
-    x = lstm(second, return_sequences=True, recurrent_dropout=recurrent_dropout, seed=seed + 1, name="lstm_2")(x)
-    x = layers.BatchNormalization(name="bn_2")(x)
-    x = layers.Dropout(config.dropout, seed=seed + 1, name="dropout_2")(x)
-    x = layers.Dense(config.dense_units, activation="relu", name="dense")(x)
-    x = layers.Dropout(config.head_dropout, seed=seed + 2, name="dropout_3")(x)
-    x = layers.Dense(1, activation="sigmoid", name="score")(x)
-    outputs = layers.Reshape((-1,), name="scores")(x)
-    return keras.Model(inputs, outputs, name=name or ("temporal_head_inference" if inference else "temporal_head"))
+    x = lstm(first, return_sequences=True, recurrent_dropout=recurrent_dropout, seed=seed,
+             name=f"lstm_1{suffix}")(inputs)
+    x = layers.BatchNormalization(name=f"bn_1{suffix}")(x)
+    x = layers.Dropout(config.dropout, seed=seed, name=f"dropout_1{suffix}")(x)
+    x = lstm(second, return_sequences=True, recurrent_dropout=recurrent_dropout, seed=seed + 1,
+             name=f"lstm_2{suffix}")(x)
+    x = layers.BatchNormalization(name=f"bn_2{suffix}")(x)
+    x = layers.Dropout(config.dropout, seed=seed + 1, name=f"dropout_2{suffix}")(x)
+    x = layers.Dense(config.dense_units, activation="relu", name=f"dense{suffix}")(x)
+    x = layers.Dropout(config.head_dropout, seed=seed + 2, name=f"dropout_3{suffix}")(x)
+    return layers.Dense(1, activation="sigmoid", name=f"score{suffix}")(x)
+
+
+# The layers of one stack that hold weights, by their name in a single head.
+_WEIGHTED = ("lstm_1", "bn_1", "lstm_2", "bn_2", "dense", "score")
+
+
+def head_members(head: keras.Model) -> int:
+    """How many stacks ``head`` (made by ``build_temporal_head``) averages."""
+    names = {layer.name for layer in head.layers}
+    return 1 if "score" in names else sum(1 for n in names if n.startswith("score_m"))
+
+
+def ensemble_head(config: ModelConfig, heads: list[keras.Model]) -> keras.Model:
+    """One head that averages the scores of ``heads`` (single heads of the same config), their weights copied."""
+    feature_dim = int(heads[0].input_shape[-1])
+    if len(heads) == 1:
+        joined = build_temporal_head(config, feature_dim)
+        joined.set_weights(heads[0].get_weights())
+        return joined
+    joined = build_temporal_head(config, feature_dim, members=len(heads))
+    for i, head in enumerate(heads):
+        for name in _WEIGHTED:
+            joined.get_layer(f"{name}_m{i}").set_weights(head.get_layer(name).get_weights())
+    return joined
 
 
 def inference_head(head: keras.Model, config: ModelConfig) -> keras.Model:
     """A copy of ``head`` without recurrent dropout, sharing no state, same weights."""
     feature_dim = head.input_shape[-1]
-    copy = build_temporal_head(config, feature_dim, inference=True)
+    copy = build_temporal_head(config, feature_dim, inference=True, members=head_members(head))
     copy.set_weights(head.get_weights())
     return copy
 

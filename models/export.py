@@ -102,10 +102,11 @@ def streaming_models(bundle: Bundle) -> tuple[keras.Model, keras.Model]:
     """The bundle's extractor (N, S, S, 3) -> (N, F) and a standard-layer head (B, W, F) -> (B, W)."""
     import keras
 
-    from models.cnn_lstm import build_temporal_head
+    from models.cnn_lstm import build_temporal_head, head_members
 
     head = build_temporal_head(bundle.config, int(bundle.extractor.output_shape[-1]), inference=True,
-                               fixed_window=True, lstm=keras.layers.LSTM, name="head")
+                               fixed_window=True, lstm=keras.layers.LSTM, name="head",
+                               members=head_members(bundle.head))
     head.set_weights(bundle.head.get_weights())
     return bundle.extractor, head
 

@@ -4,7 +4,9 @@
 path cannot afford. ``predict_on_batch`` runs the backend's compiled function
 (a traced tf.function, a jitted JAX function) with a few milliseconds of
 overhead, so every call goes through it. The head used for inference is the
-copy without recurrent dropout (see ``inference_head``).
+copy without recurrent dropout (see ``inference_head``). A bundle's
+calibration, when it has one, is applied to every score here, so the worker,
+evaluation, ``run`` and ``record`` all see the same calibrated scores.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import keras
 import numpy as np
 
 from models.backbones import XLA_FRAME_BACKBONES
-from models.cnn_lstm import build_temporal_head, inference_head
+from models.calibration import Calibration
+from models.cnn_lstm import build_temporal_head, head_members, inference_head
 from models.config import ModelConfig
 from models.preprocess import preprocess, preprocess_batch
 from models.scoring import newest_scores, streaming_scores
@@ -29,12 +32,14 @@ class Runtime:
     extractor: (S, S, 3) -> (F,) model; head: (T, F) -> (T,) model (either the
     training head or its inference copy; the copy is made here). ``frame_xla``
     runs single frames through the extractor compiled with XLA; None decides
-    by backbone (``models.backbones.XLA_FRAME_BACKBONES``).
+    by backbone (``models.backbones.XLA_FRAME_BACKBONES``). ``calibration``
+    maps the head's scores to calibrated ones (None: the head's own scores).
     """
 
     def __init__(self, config: ModelConfig, extractor: keras.Model, head: keras.Model, *,
-                 frame_xla: bool | None = None) -> None:
+                 frame_xla: bool | None = None, calibration: Calibration | None = None) -> None:
         self.config = config
+        self.calibration = calibration
         self.extractor = extractor
         self.training_head = head
         self.head = inference_head(head, config)
@@ -60,7 +65,7 @@ class Runtime:
         it is compiled once, under XLA. Built on first use: training's runtimes never need it.
         """
         head = build_temporal_head(self.config, self.feature_dim, inference=True, fixed_window=True,
-                                   name="temporal_head_step")
+                                   name="temporal_head_step", members=head_members(self.training_head))
         head.set_weights(self.training_head.get_weights())
         if keras.backend.backend() == "tensorflow":
             head.compile(jit_compile=True)
@@ -83,7 +88,7 @@ class Runtime:
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         """Feature windows float32 (B, T, F) -> per-position scores float32 (B, T)."""
-        return np.asarray(self.head.predict_on_batch(windows), np.float32)
+        return self.calibrate(np.asarray(self.head.predict_on_batch(windows), np.float32))
 
     def score_newest(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """The score of the newest frame of each window (``models.scoring.newest_scores``).
@@ -91,11 +96,16 @@ class Runtime:
         float32 (k_i, F), 1 <= k_i <= W -> float32 (B,); a single window takes the step head.
         """
         head = self.step_head if len(windows) == 1 else self.head
-        return newest_scores(windows, head.predict_on_batch, self.config.window)
+        return self.calibrate(newest_scores(windows, head.predict_on_batch, self.config.window))
 
     def scan_scores(self, features: np.ndarray) -> np.ndarray:
         """Streaming-equivalent per-frame scores of one scan: float32 (N, F) -> (N,)."""
+        # score_windows already calibrates.
         return streaming_scores(features, self.score_windows, self.config.window)
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        """The head's own scores -> the bundle's calibrated scores (unchanged without a calibration)."""
+        return scores if self.calibration is None else self.calibration.apply(scores)
 
     def warm_up(self) -> None:
         """Trace (and compile) the paths a stream takes: one frame and one window, and batches of them.

@@ -52,7 +52,7 @@ _BATCH = 16
 
 @dataclasses.dataclass(frozen=True)
 class Saliency:
-    """Heat maps of B frames: ``heat`` float32 (B, G_h, G_w) in 0..1, ``scores`` float32 (B,), the map's ``layer``."""
+    """Heat maps of B frames: ``heat`` float32 (B, G_h, G_w) in 0..1, calibrated ``scores`` (B,), the ``layer``."""
 
     heat: np.ndarray
     scores: np.ndarray
@@ -138,7 +138,9 @@ class GradCam:
         peak = cam.reshape(len(cam), -1).max(axis=1)
         # A frame with no positive evidence anywhere has an all-zero map, not noise scaled up.
         heat = np.where(peak[:, None, None] > 0, cam / np.maximum(peak, 1e-12)[:, None, None], 0.0)
-        return Saliency(heat.astype(np.float32), scores.numpy().astype(np.float32), self.layer)
+        # The map is of the head's own score; the score shown beside it is the one the worker publishes.
+        return Saliency(heat.astype(np.float32), self.runtime.calibrate(scores.numpy().astype(np.float32)),
+                        self.layer)
 
     def scan(self, images: np.ndarray, indices: Sequence[int], *, features: np.ndarray | None = None,
              batch_size: int = 16) -> Saliency:

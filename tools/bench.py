@@ -16,8 +16,8 @@ Sections (``--sections``):
 - ``view``: the live worker's per-frame cost and p99 latency with a
   ``fetalhead view`` and a WebSocket client reading all it pushes (a
   browser), against the same worker without them.
-- ``training``: the real k-fold run (5 folds and the final model, in one
-  pack) on a small synthetic dataset for 3 epochs, scaled to 50 by its
+- ``training``: the real k-fold run (5 folds in one pack, the bundle their
+  heads) on a small synthetic dataset for 3 epochs, scaled to 50 by its
   measured epoch time, against one backbone pass over the same frames and
   against the seed's way of running the backbone inside every training step.
 - ``export``: one frame's cost under onnxruntime on the CPU, the two
@@ -62,7 +62,7 @@ from models.errors import FetalheadError
 from models.settings import check, setting
 from stream.supervise import rss_bytes, subcommand, wait_ready
 
-SECTIONS = ("backbones", "stream", "view", "training", "export", "scaleout", "saliency")
+SECTIONS = ("backbones", "stream", "view", "training", "export", "scaleout", "saliency", "heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +191,29 @@ def bench_backbone(backbone: str, bundle, config: BenchConfig) -> list[Row]:
     predicted = timed(lambda: extractor.predict(image, verbose=0), repeats)
     return [Row("backbones", backbone, "one frame, compiled path", compiled * 1e3, "ms", predicted * 1e3,
                 "model.predict", "< 1")]
+
+
+# A bundle of a 5-fold run holds its 5 fold heads (docs/calibration.md).
+ENSEMBLE_HEADS = 5
+
+
+def bench_heads(backbone: str, bundle, config: BenchConfig) -> list[Row]:
+    """A frame's cost on the worker's path (features of one frame, then its window's newest score) with a
+    bundle of ENSEMBLE_HEADS fold heads averaged, against one head."""
+    from models.cnn_lstm import build_temporal_head, ensemble_head
+    from models.runtime import Runtime
+
+    feature_dim = int(bundle.extractor.output_shape[-1])
+    heads = [build_temporal_head(bundle.config, feature_dim, name=f"fold_{i}") for i in range(ENSEMBLE_HEADS)]
+    image = np.random.default_rng(0).normal(size=(1, config.image_size, config.image_size, 3)).astype(np.float32)
+    window = np.random.default_rng(1).normal(size=(bundle.config.window, feature_dim)).astype(np.float32)
+    repeats = 5 if backbone == "vgg19" else 30
+    measured = {}
+    for name, head in (("one", bundle.head), ("ensemble", ensemble_head(bundle.config, heads))):
+        runtime = Runtime(bundle.config, bundle.extractor, head)
+        measured[name] = timed(lambda: (runtime.features(image), runtime.score_newest([window])), repeats, warmup=3)
+    return [Row("heads", backbone, f"one frame scored by {ENSEMBLE_HEADS} fold heads averaged",
+                measured["ensemble"] * 1e3, "ms", measured["one"] * 1e3, "one head")]
 
 
 def _end(process: subprocess.Popen) -> None:
@@ -610,7 +633,7 @@ def import_seconds() -> float:
 def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> list[Row]:
     """The real k-fold run on a small synthetic dataset, against one backbone pass and against the seed's way.
 
-    Method: ``train.kfold.train`` runs 5 folds and the final model (early
+    Method: ``train.kfold.train`` runs 5 folds, the defaults' bundle of their heads (early
     stopping off, so all of them train every epoch) for 3 epochs on
     features already in the cache; the run's time plus 47 more epochs at
     its measured epoch time (the median of epochs 2 and 3, from the
@@ -648,15 +671,16 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
 
     xla = config.train_xla
     if xla == "auto":
-        # The final model's windows (about one a frame at stride 1) set a pack's epoch.
-        full_size = math.ceil(config.dataset_frames / TrainConfig().batch_size) * TrainConfig().epochs
-        xla = "on" if compile_with_xla(TrainConfig(), 6, full_size) else "off"
+        # A fold's windows (about 4/5 of one a frame at stride 1) set a pack's epoch.
+        full_size = math.ceil(0.8 * config.dataset_frames / TrainConfig().batch_size) * TrainConfig().epochs
+        xla = "on" if compile_with_xla(TrainConfig(), 5, full_size) else "off"
     epochs = 3
     train_config = TrainConfig(epochs=epochs, early_stopping=False, cache_dir=str(cache), xla=xla)
     start = time.perf_counter()
     run = train(data, folder / f"{backbone}-run", model_config, train_config)
     elapsed = time.perf_counter() - start
-    seconds = read_history(Path(run["run"]) / "final" / "history.csv")["seconds"]
+    # The folds train as one pack: every fold's history logs the pack's epoch time.
+    seconds = read_history(Path(run["run"]) / "folds" / "fold_0" / "history.csv")["seconds"]
     per_epoch = float(seconds.iloc[1:].median())
     kfold = one_pass + elapsed + (50 - epochs) * per_epoch
 
@@ -670,9 +694,9 @@ def bench_training(backbone: str, bundle, config: BenchConfig, folder: Path) -> 
     images = rng.normal(size=(batch, window, size, size, 3)).astype(np.float32)
     labels = rng.integers(0, 2, (batch, window)).astype(np.float32)
     in_loop_step = timed(lambda: model.train_on_batch(images, labels), 2 if backbone == "vgg19" else 3)
-    # 5 folds on 4/5 of the windows each, and the final model on all of them.
+    # 5 folds on 4/5 of the windows each; the bundle is their heads (docs/calibration.md), no final model.
     windows = sum(max(len(s) - window + 1, 0) for s in scans)
-    seed_way = 50 * (5 * 0.8 + 1) * windows / batch * in_loop_step
+    seed_way = 50 * 5 * 0.8 * windows / batch * in_loop_step
 
     scale = config.dataset_frames / frames
     # What grows with the frames grows by ``scale``; the compile and set-up do not.
@@ -772,6 +796,9 @@ def bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None)
             if "saliency" in config.sections:
                 rows += repeated(f"{backbone}: worker with and without saliency",
                                  lambda: bench_saliency(backbone, config, frames, Path(tmp) / f"{backbone}.fhb"))
+            if "heads" in config.sections:
+                rows += repeated(f"{backbone}: {ENSEMBLE_HEADS} fold heads against one",
+                                 lambda: bench_heads(backbone, bundle, config))
             if "scaleout" in config.sections:
                 rows += repeated(f"{backbone}: {SCALEOUT_PROBES} live probes over {SCALEOUT_WORKERS} workers and a hub",
                                  lambda: bench_scaleout(backbone, config, frames, Path(tmp) / f"{backbone}.fhb"))

@@ -77,6 +77,15 @@ def print_model_summary(config, summary, console: Console | None = None) -> None
     console.print(f"non-trainable parameters: {summary.non_trainable:,}")
 
 
+def _calibration_phrase(meta) -> str:
+    from models.bundle import calibration_of
+
+    calibration = calibration_of("", meta)
+    if calibration is None:
+        return "none: the threshold applies to the model's own scores"
+    return calibration.describe()
+
+
 def print_bundle_info(path, meta, model_id: str, console: Console | None = None) -> None:
     """``fetalhead model info BUNDLE``: what a bundle is, how it was trained and how well, from its metadata.
 
@@ -96,15 +105,18 @@ def print_bundle_info(path, meta, model_id: str, console: Console | None = None)
         ("input", f"{config['image_size']} x {config['image_size']} px, window of {config['window']} frames, "
                   f"roi {config['roi']}, preprocessing version {meta.get('preprocess_version', 1)}"),
         ("temporal head", f"LSTM {config['lstm_units'][0]} -> LSTM {config['lstm_units'][1]} -> "
-                          f"Dense {config['dense_units']} -> 1"),
+                          f"Dense {config['dense_units']} -> 1"
+                          + (f", {meta['head_members']} of them, scores averaged" if meta.get("head_members") else "")
+                          + (f": {info['heads']}" if info.get("heads") else "")),
         ("threshold", f"{meta['threshold']:.4f}" + (f", {info['threshold_rule']}" if "threshold_rule" in info
                                                      else "")),
-        ("calibration", info.get("calibration", "none: the threshold applies to the model's own scores")),
+        ("calibration", _calibration_phrase(meta)),
     ]
     if train:
         rows.append(("training", f"Adam {train.get('learning_rate', '?'):g}, batch {train.get('batch_size', '?')}, "
-                                 f"{train.get('folds', '?')} folds, final model {info.get('final_epochs', '?')} "
-                                 f"epochs" + (", backbone trained" if train.get("train_backbone") else "")))
+                                 f"{train.get('folds', '?')} folds"
+                                 + (f", final model {info['final_epochs']} epochs" if info.get("final_epochs") else "")
+                                 + (", backbone trained" if train.get("train_backbone") else "")))
     if "trained_on" in info:
         scans = info["trained_on"]
         shown = ", ".join(scans[:8]) + (f" and {len(scans) - 8} more" if len(scans) > 8 else "")
@@ -193,12 +205,16 @@ def print_merge(summary, console: Console | None = None) -> None:
 
 
 def print_evaluation(result, console: Console | None = None) -> None:
-    """``fetalhead evaluate``'s metrics at the bundle's threshold (``train.evaluate.evaluate``) and its report."""
-    m = result["metrics"]
+    """``fetalhead evaluate``'s metrics and head episodes at the bundle's threshold (``train.evaluate.evaluate``)."""
+    m, e = result["metrics"], result["episodes"]
+    delays = (f"; delay {e['start_delay']:+.1f} frames at the start, {e['end_delay']:+.1f} at the end"
+              if e["found"] else "")
     (console or Console()).print(
         f"{m['frames']} frames, threshold {m['threshold']:.3f}: accuracy {m['accuracy']:.3f}, "
         f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}, "
-        f"ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}\nreport: {result['report']}/report.md")
+        f"ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}\n"
+        f"head episodes: {e['found']} of {e['truth']} found, {e['missed']} missed, {e['false']} false, "
+        f"{e['split']} split{delays}\nreport: {result['report']}/report.md")
 
 
 def print_synth_summary(out, config, scans, console: Console | None = None) -> None:

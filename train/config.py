@@ -27,7 +27,9 @@ class TrainConfig:
     ``fold`` runs that one fold alone (0-based) for runs spread over machines.
     ``final_epochs`` None means the median of the folds' best epochs.
     ``threshold_rule`` picks each fold's threshold on its training scans and
-    the bundle's threshold on the pooled out-of-fold scores. ``xla`` compiles
+    the bundle's threshold on the pooled out-of-fold scores. The bundle's
+    model is chosen by ``bundle_heads`` and calibrated by ``calibrate``: the
+    defaults are what held best on held-out scans (docs/calibration.md). ``xla`` compiles
     the training step with XLA: "auto" does so for packs of several heads
     long enough to repay the compile (see ``train.trainer.compile_with_xla``).
     ``ray`` is a Ray cluster's address (``train.cluster``), "" to train here.
@@ -39,7 +41,8 @@ class TrainConfig:
                                shown="every fold")
     epochs: int = setting(50, "most epochs per fold")
     final_epochs: int | None = setting(None, "epochs of the final model", shown="the folds' median best epoch")
-    final: bool = setting(True, "train the final model on every non-holdout scan and write the bundle")
+    final: bool = setting(True, "write the bundle (with bundle_heads final, after training the final model on "
+                                "every non-holdout scan)")
     batch_size: int = setting(8, "windows per training batch")
     learning_rate: float | None = setting(None, "Adam's learning rate",
                                           shown=f"{SEED_LEARNING_RATE:g} for a frozen backbone, "
@@ -51,7 +54,13 @@ class TrainConfig:
     stride: int = setting(1, "step in frames between training windows")
     seed: int = setting(0, "seed of the folds, the batches and the weights")
     holdout: tuple[str, ...] = setting((), "scans left out of the folds for a final test")
-    threshold_rule: Literal["youden", "f1"] = setting("youden", "how the decision threshold is chosen")
+    threshold_rule: Literal["calibrated", "youden", "f1"] = setting(
+        "calibrated", "how the decision threshold is chosen (calibrated: where Platt scaling gives 0.5)")
+    calibrate: bool = setting(True, "the bundle scores through Platt scaling fitted on the pooled out-of-fold "
+                                    "scores, so a score is the probability of Head (docs/calibration.md)")
+    bundle_heads: Literal["auto", "folds", "final"] = setting(
+        "auto", "what the bundle scores with: folds (the fold models' heads averaged, frozen backbone only), final "
+                "(one model trained on every non-holdout scan); auto: folds unless the backbone trains")
     train_backbone: bool = setting(False, "train the backbone too (no feature cache), for when no pretrained "
                                           "weights exist")
     cache_dir: str = setting("", "feature cache folder", shown="$FETALHEAD_CACHE or ~/.cache/fetalhead/features")
@@ -68,6 +77,11 @@ class TrainConfig:
             # Resolved here so that the report, the bundle and a resumed run all record the value used.
             object.__setattr__(self, "learning_rate",
                                SCRATCH_LEARNING_RATE if self.train_backbone else SEED_LEARNING_RATE)
+        if self.bundle_heads == "auto":
+            object.__setattr__(self, "bundle_heads", "final" if self.train_backbone else "folds")
+        check(not (self.bundle_heads == "folds" and self.train_backbone),
+              "bundle_heads: folds needs a frozen backbone (with train_backbone every fold trains a backbone of its "
+              "own); use final")
         check(self.folds >= 2, f"folds: must be >= 2, got {self.folds}")
         check(self.fold is None or 0 <= self.fold < self.folds,
               f"fold: must be 0..{self.folds - 1} for {self.folds} folds, got {self.fold}")

@@ -25,10 +25,12 @@ class EvaluateConfig:
 
 def evaluate(model_path: str | Path, data_root: str | Path, out: str | Path, *, cache_dir: str | None = None,
              progress: Progress = NO_PROGRESS) -> dict[str, Any]:
-    """Score every scan of ``data_root``; write predictions, metrics and plots under ``out``.
+    """Score every scan of ``data_root``; write predictions, metrics, plots and report.md into ``out``.
 
-    Returns ``metrics`` at the bundle's threshold, the ``predictions`` frame
-    (scan, frame, label, score, fold='eval') and the ``report`` folder.
+    Returns ``metrics`` at the bundle's threshold, ``episodes``
+    (``train.report.episode_summary``: head episodes found, missed, false and
+    their delays), the ``predictions`` frame (scan, frame, label, score,
+    fold='eval') and the ``report`` folder (``out`` itself).
     ``progress`` gets the feature extraction as a task.
     """
     # Imported here: the command reads EvaluateConfig for its flags without loading TensorFlow.
@@ -37,7 +39,7 @@ def evaluate(model_path: str | Path, data_root: str | Path, out: str | Path, *, 
     from train.data import load_dataset
     from train.kfold import from_features, score_scans
     from train.metrics import binary_metrics
-    from train.report import write_report
+    from train.report import episode_summary, write_report
 
     bundle = load(model_path)
     runtime = bundle.runtime()
@@ -45,7 +47,10 @@ def evaluate(model_path: str | Path, data_root: str | Path, out: str | Path, *, 
     features = FeatureCache(runtime, cache_dir).extract(scans, progress=progress)
     predictions = score_scans(runtime, [from_features(features[scan.name]) for scan in scans])
     predictions["fold"] = "eval"
+    episodes = episode_summary(predictions, bundle.threshold)
     folder = write_report(Path(out), bundle.config, None, [], predictions, bundle.threshold,
-                          title=f"Evaluation of {Path(model_path).name} ({bundle.model_id})")
+                          title=f"Evaluation of {Path(model_path).name} ({bundle.model_id})",
+                          calibration=bundle.calibration, threshold_rule=str(bundle.info.get("threshold_rule") or ""),
+                          episodes=episodes, folder=Path(out))
     return {"metrics": binary_metrics(predictions["label"], predictions["score"], bundle.threshold),
-            "predictions": predictions, "report": folder}
+            "episodes": episodes, "predictions": predictions, "report": folder}

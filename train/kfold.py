@@ -1,11 +1,16 @@
-"""K-fold cross-validation of the CNN-LSTM on scan folders, then the final model.
+"""K-fold cross-validation of the CNN-LSTM on scan folders, then the bundle.
+
+The bundle scores with the fold models' heads averaged (a frozen backbone)
+or with a final model trained on every non-holdout scan (``bundle_heads``),
+through Platt scaling fitted on the pooled out-of-fold scores
+(``calibrate``): what held best on held-out scans, docs/calibration.md.
 
 Layout of a run folder::
 
     run.json                 config + data fingerprint; a rerun must match it
     folds.csv                scan -> fold assignment (and holdout scans)
     folds/fold_I/            history.csv, best.weights.h5, predictions.csv, result.json
-    final/                   the model trained on every non-holdout scan
+    final/                   the model trained on every non-holdout scan (bundle_heads final)
     packs/NAME/backup/       Keras's backup of a pack being trained (train.trainer)
     model.fhb                the bundle the worker loads
     report/                  metrics, plots and report.md (train/report.py)
@@ -29,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from models.bundle import save as save_bundle
-from models.cnn_lstm import build_cnn_lstm, build_feature_extractor, build_temporal_head
+from models.calibration import Calibration
+from models.cnn_lstm import build_cnn_lstm, build_feature_extractor, build_temporal_head, ensemble_head
 from models.config import ModelConfig
 from models.errors import ConfigError, FetalheadError
 from models.preprocess import preprocess_batch
@@ -43,8 +49,10 @@ from train.config import TrainConfig
 from train.data import Scan, load_dataset
 from train.files import replacing, write_json
 from train.folds import scan_folds
+from train.calibration import fit_platt
 from train.metrics import METRIC_NAMES, binary_metrics, choose_threshold
-from train.trainer import Member, Windows, compile_with_xla, epoch_steps, fit_pack, read_history
+from train.trainer import (Member, Windows, compile_with_xla, epoch_steps, fit_pack, kept_weights,
+                           read_history)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +108,8 @@ def _check_run_folder(out: Path, identity: dict[str, Any]) -> None:
 def split_identity(train_config: TrainConfig) -> dict[str, Any]:
     """The settings that must agree for fold results to be combined."""
     settings = to_dict(train_config)
-    for free in ("fold", "progress", "cache_dir", "extract_batch", "final", "final_epochs", "xla", "ray"):
+    for free in ("fold", "progress", "cache_dir", "extract_batch", "final", "final_epochs", "xla", "ray", "calibrate",
+                 "bundle_heads"):
         settings.pop(free)
     return settings
 
@@ -309,16 +318,16 @@ def final_epochs(folds: list[dict[str, Any]], train_config: TrainConfig) -> int:
 
 def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
           progress: Progress = NO_PROGRESS) -> dict[str, Any]:
-    """The whole run: check data, features, k folds, final model, bundle, report.
+    """The whole run: check data, features, k folds, the bundle's model, bundle, report.
 
     Returns a summary: ``run`` folder, ``folds`` results, ``cross_validation``
     (``summarise``'s figures; None when only one fold was run), ``bundle``
-    path (None without the final model), ``report`` folder (None when only
+    path (None without ``final``), ``report`` folder (None when only
     one fold was run) and ``warnings`` (``learning_warnings``: signs the
     model did not learn, also at the top of the report). ``progress`` gets the feature extraction's and every
     pack's epochs as tasks.
     """
-    from train.report import write_report
+    from train.report import episode_summary, write_report
 
     out = Path(out)
     scans = load_dataset(data_root, window=model_config.window)
@@ -354,8 +363,9 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
     # The final model's epochs are known before the folds run unless they come
     # from the folds' early stopping; then it can train in the folds' pack.
     final = None
-    if train_config.final and train_config.fold is None and not train_config.train_backbone and (
-            train_config.final_epochs is not None or not train_config.early_stopping):
+    if train_config.final and train_config.fold is None and train_config.bundle_heads == "final" and (
+            not train_config.train_backbone) and (train_config.final_epochs is not None
+                                                  or not train_config.early_stopping):
         final = final_job(out, pool, data, train_config, final_epochs([], train_config))
     by_fold, runtime = run_folds(out, folds, todo, data, model_config, train_config, extractor, final, progress,
                                 cluster)
@@ -367,33 +377,70 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
 
     oof = load_fold_predictions(out, results)
     threshold = choose_threshold(oof["label"], oof["score"], train_config.threshold_rule)
-    summary["cross_validation"] = summarise(results, oof, threshold)
     histories = {f"fold {r['fold']}": read_history(out / "folds" / f"fold_{r['fold']}" / "history.csv")
                  for r in results}
+    calibration, calibration_warning = fit_calibration(oof, train_config)
+    if calibration is not None:
+        # From here on every score, the threshold included, is on the calibrated scale the bundle scores on.
+        oof = oof.assign(score=calibration.apply(oof["score"].to_numpy()))
+        threshold = 0.5 if train_config.threshold_rule == "calibrated" else float(calibration.apply(threshold))
+    summary["cross_validation"] = summarise(results, oof, threshold)
     summary["warnings"] = learning_warnings(summary["cross_validation"], histories, train_config.learning_rate)
+    summary["warnings"] += [calibration_warning] if calibration_warning else []
     holdout_predictions = None
+    bundle_model = ""
     if train_config.final:
-        epochs = final_epochs(results, train_config)
-        if runtime is None:
-            job = final_job(out, pool, data, train_config, epochs)
-            fit = cluster.train_jobs if cluster else train_pack
-            runtime, _ = fit(out, [job], model_config, train_config, extractor, progress)[0]
+        epochs = None
+        if train_config.bundle_heads == "folds":
+            heads = [fold_head(out, r, model_config, int(extractor.output_shape[-1]), train_config) for r in results]
+            runtime = Runtime(model_config, extractor, ensemble_head(model_config, heads), calibration=calibration)
+            bundle_model = f"the mean score of the {len(heads)} fold models' heads on the shared frozen backbone"
+        else:
+            epochs = final_epochs(results, train_config)
+            if runtime is None:
+                job = final_job(out, pool, data, train_config, epochs)
+                fit = cluster.train_jobs if cluster else train_pack
+                runtime, _ = fit(out, [job], model_config, train_config, extractor, progress)[0]
+            runtime = Runtime(model_config, runtime.extractor, runtime.training_head, calibration=calibration)
+            bundle_model = f"the final model, trained on all {len(pool)} non-holdout scans for {epochs} epochs"
         if train_config.holdout:
             holdout_predictions = score_scans(runtime, [data[n] for n in train_config.holdout],
                                               images=train_config.train_backbone)
             holdout_predictions["fold"] = "holdout"
+        rule = f"{train_config.threshold_rule} on pooled out-of-fold per-frame scores"
         info = {
             "trained_on": pool, "holdout": list(train_config.holdout), "final_epochs": epochs,
-            "data_fingerprint": identity["data"], "threshold_rule": f"{train_config.threshold_rule} on pooled "
-                                                                    "out-of-fold per-frame scores",
+            "heads": bundle_model, "data_fingerprint": identity["data"],
+            "threshold_rule": rule + (", then calibrated" if calibration is not None else ""),
             "train_config": to_dict(train_config),
             "cross_validation": summary["cross_validation"],
         }
         summary["bundle"] = str(save_bundle(out / "model.fhb", model_config, runtime.extractor, runtime.training_head,
-                                            threshold=threshold, info=info))
+                                            threshold=threshold, info=info, calibration=calibration))
     summary["report"] = str(write_report(out, model_config, train_config, results, oof, threshold,
-                                         holdout_predictions, warnings=summary["warnings"]))
+                                         holdout_predictions, warnings=summary["warnings"], calibration=calibration,
+                                         episodes=episode_summary(oof, threshold), bundle_model=bundle_model))
     return summary
+
+
+def fit_calibration(oof: pd.DataFrame, train_config: TrainConfig) -> tuple[Calibration | None, str]:
+    """Platt scaling of the pooled out-of-fold scores (None when ``calibrate`` is off), or why there is none."""
+    if not train_config.calibrate:
+        return None, ""
+    try:
+        return fit_platt(oof["label"].to_numpy(), oof["score"].to_numpy(),
+                         fitted_on=f"{len(oof)} pooled out-of-fold frames"), ""
+    except ValueError as exc:
+        return None, f"the bundle is not calibrated: {exc}"
+
+
+def fold_head(out: Path, result: dict[str, Any], model_config: ModelConfig, feature_dim: int,
+              train_config: TrainConfig) -> keras.Model:
+    """Fold ``result``'s trained head, with the weights that made its out-of-fold scores."""
+    folder = out / "folds" / f"fold_{result['fold']}"
+    head = build_temporal_head(model_config, feature_dim, name=f"head_fold_{result['fold']}")
+    head.load_weights(kept_weights(folder, True, train_config))
+    return head
 
 
 # A cross-validated ROC-AUC below this is reported as near chance.

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from sklearn import metrics as skm
 
-ThresholdRule = Literal["youden", "f1"]
+ThresholdRule = Literal["calibrated", "youden", "f1"]
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 
@@ -40,16 +40,26 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     }
 
 
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule = "youden") -> float:
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule = "calibrated") -> float:
     """The decision threshold that best separates ``labels`` by ``rule``.
 
+    calibrated: the score at which Platt scaling fitted to these scores gives
+    0.5, where Head becomes the likelier class (docs/calibration.md);
     youden: maximise sensitivity + specificity - 1 on the ROC curve;
-    f1: maximise F1 on the precision-recall curve. With one class only, 0.5.
+    f1: maximise F1 on the precision-recall curve. With one class only, or
+    scores that do not rise with Head (nothing to calibrate), 0.5.
     """
+    from train.calibration import fit_platt
+
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=float)
     if len(np.unique(labels)) < 2:
         return 0.5
+    if rule == "calibrated":
+        try:
+            return fit_platt(labels, scores).inverse(0.5)
+        except ValueError:
+            return 0.5
     if rule == "youden":
         fpr, tpr, thresholds = skm.roc_curve(labels, scores)
         best = int(np.argmax(tpr - fpr))
@@ -58,4 +68,4 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule
         precision, recall, thresholds = skm.precision_recall_curve(labels, scores)
         f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
         return float(thresholds[int(np.argmax(f1))])
-    raise ValueError(f"threshold rule must be 'youden' or 'f1', got {rule!r}")
+    raise ValueError(f"threshold rule must be 'calibrated', 'youden' or 'f1', got {rule!r}")

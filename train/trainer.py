@@ -342,10 +342,14 @@ def fit_pack(members: Sequence[Member], folder: Path, train_config: TrainConfig,
         # shuffle=False: Keras would reorder the batches from Python's global random state.
         pack.fit(batches, epochs=max(m.epochs for m in members), callbacks=callbacks, shuffle=False, verbose=0)
     for member in members:
-        best = member.folder / "best.weights.h5"
-        use_best = member.val is not None and train_config.early_stopping and best.exists()
-        member.model.load_weights(best if use_best else member.folder / "fitted.weights.h5")
+        member.model.load_weights(kept_weights(member.folder, member.val is not None, train_config))
     return [read_history(m.folder / "history.csv") for m in members]
+
+
+def kept_weights(folder: Path, validated: bool, train_config: TrainConfig) -> Path:
+    """The weights file a trained member ends with: its best epoch's under early stopping, else its last."""
+    best = folder / "best.weights.h5"
+    return best if validated and train_config.early_stopping and best.exists() else folder / "fitted.weights.h5"
 
 
 def read_history(path: Path) -> pd.DataFrame:

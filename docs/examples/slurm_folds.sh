@@ -5,8 +5,9 @@
 #
 # Array task I runs `fetalhead train DATA --out RUN/fold_I --folds FOLDS --fold I FLAGS`. The merge job runs
 # `fetalhead train merge RUN/fold_* --out RUN/merged`, then `fetalhead train DATA --out RUN/merged FLAGS`, which
-# finds every fold done and trains only the final model: the bundle is RUN/merged/model.fhb. RUN must be on a
-# filesystem every node sees. FETALHEAD names the command when it is not on PATH (e.g. a venv's bin/fetalhead).
+# finds every fold done and writes the bundle RUN/merged/model.fhb (training a final model first only with
+# --bundle-heads final). RUN must be on a filesystem every node sees. FETALHEAD names the command when it is
+# not on PATH (e.g. a venv's bin/fetalhead).
 # Adapt the #SBATCH lines (partition, account, GPUs) to your cluster; they apply to both jobs.
 #SBATCH --job-name=fetalhead-folds
 #SBATCH --gpus=1
@@ -36,5 +37,5 @@ else
     array=$(sbatch --parsable --array="0-$((folds - 1))" "$script" "$data" "$run" "$folds" "$@")
     merge=$(sbatch --parsable --dependency="afterok:${array%%;*}" --export=ALL,FETALHEAD_MERGE=1 \
         "$script" "$data" "$run" "$folds" "$@")
-    echo "submitted folds as array job $array, merge and final model as job $merge (runs after every fold)"
+    echo "submitted folds as array job $array, merge and bundle as job $merge (runs after every fold)"
 fi

@@ -139,6 +139,9 @@ def test_extra_members_are_never_read_or_extracted(bundle_path, tmp_path):
     ({"preprocess_version": "1"}, "bundle.json preprocess_version must be an integer, got '1'"),
     ({"info": [1, 2]}, "bundle.json info must be a table, got [1, 2]"),
     ({"format_version": True}, "format_version missing or not an integer"),
+    ({"head_members": 0}, "bundle.json head_members must be an integer in [1, 64], got 0"),
+    ({"head_members": 1000}, "bundle.json head_members must be an integer in [1, 64], got 1000"),
+    ({"head_members": 3}, "head.weights.h5 does not match the config's tiny model"),
 ])
 def test_bundle_json_fields_of_unexpected_types_are_rejected_in_one_line(bundle_path, tmp_path, change, message):
     odd = _rewrite_meta(bundle_path, tmp_path / "odd.fhb", lambda m: m.update(change))
@@ -180,3 +183,36 @@ def test_export_writes_an_end_to_end_model_that_loads_with_keras_alone(bundle_pa
     subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "clip.npy"), str(tmp_path / "scores.npy")],
                    check=True, capture_output=True, cwd=tmp_path)
     np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), bundle.runtime().score_windows(features), atol=1e-5)
+
+
+def test_a_bundle_of_fold_heads_scores_their_mean_on_every_path(tiny_config, tiny_models, tmp_path, rng):
+    from models.cnn_lstm import build_temporal_head, ensemble_head, head_members
+    from models.export import streaming_models
+    from models.runtime import Runtime
+
+    extractor, _ = tiny_models
+    feature_dim = int(extractor.output_shape[-1])
+    heads = [build_temporal_head(tiny_config, feature_dim, name=f"fold_{i}") for i in range(3)]
+    bundle = load(save(tmp_path / "folds.fhb", tiny_config, extractor, ensemble_head(tiny_config, heads)))
+    assert head_members(bundle.head) == 3 and read_meta(tmp_path / "folds.fhb")["head_members"] == 3
+    windows = rng.normal(size=(4, 8, feature_dim)).astype(np.float32)
+    each = [Runtime(tiny_config, extractor, h).score_windows(windows) for h in heads]
+    runtime = bundle.runtime()
+    np.testing.assert_allclose(runtime.score_windows(windows), np.mean(each, axis=0), atol=1e-6)
+    np.testing.assert_allclose(runtime.score_newest([windows[0]]), np.mean(each, axis=0)[0, -1:], atol=1e-6)
+    _, exported = streaming_models(bundle)
+    np.testing.assert_allclose(exported.predict_on_batch(windows), np.mean(each, axis=0), atol=1e-6)
+
+
+def test_a_calibrated_bundle_publishes_calibrated_scores(tiny_config, tiny_models, tmp_path, rng):
+    from models.calibration import Calibration
+    from models.runtime import Runtime
+
+    extractor, head = tiny_models
+    calibration = Calibration(slope=2.0, intercept=-0.5, fitted_on="test")
+    bundle = load(save(tmp_path / "c.fhb", tiny_config, extractor, head, calibration=calibration))
+    assert bundle.calibration == calibration
+    windows = rng.normal(size=(2, 8, int(extractor.output_shape[-1]))).astype(np.float32)
+    raw = Runtime(tiny_config, extractor, head).score_windows(windows)
+    np.testing.assert_allclose(bundle.runtime().score_windows(windows), calibration.apply(raw), atol=1e-6)
+    assert calibration.inverse(float(calibration.apply(np.float32(0.3)))) == pytest.approx(0.3, abs=1e-6)

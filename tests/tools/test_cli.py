@@ -47,7 +47,7 @@ BAD_FLAGS = [
     (["synth", "{tmp}/out", "--scans", "many"], "argument --scans: invalid int value: 'many'"),
     (["data", "check", "{tmp}", "--window", "x"], "argument --window: invalid int value: 'x'"),
     (["train", "{tmp}", "--out", "{tmp}/run", "--threshold-rule", "max"],
-     "argument --threshold-rule: invalid choice: 'max' (choose from 'youden', 'f1')"),
+     "argument --threshold-rule: invalid choice: 'max' (choose from 'calibrated', 'youden', 'f1')"),
     (["evaluate", "m.fhb", "{tmp}", "--out", "{tmp}/eval", "--cache-dir"],
      "argument --cache-dir: expected one argument"),
     (["capture", "synthetic", "--mode", "fast"], "argument --mode: invalid choice: 'fast' (choose from 'live', 'lossless')"),

@@ -76,9 +76,13 @@ def test_merge_says_how_to_train_the_final_model():
 def test_evaluation_line():
     c, out = console()
     print_evaluation({"metrics": {"frames": 40, "threshold": 0.5, **metrics(0.75), "roc_auc": math.nan},
-                      "report": Path("e/report")}, c)
+                      "episodes": {"truth": 3, "found": 2, "missed": 1, "false": 0, "split": 0, "predicted": 2,
+                                   "start_delay": 1.5, "end_delay": -0.5, "hold": 2},
+                      "report": Path("e")}, c)
     assert out.getvalue().startswith("40 frames, threshold 0.500: accuracy 0.750")
-    assert "ROC-AUC nan" in out.getvalue() and "report: e/report/report.md" in out.getvalue()
+    assert "ROC-AUC nan" in out.getvalue() and "report: e/report.md" in out.getvalue()
+    assert ("head episodes: 2 of 3 found, 1 missed, 0 false, 0 split; delay +1.5 frames at the start, -0.5 at the "
+            "end") in out.getvalue()
 
 
 def test_model_summary_and_export(tiny_config):

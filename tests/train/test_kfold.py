@@ -56,6 +56,48 @@ def test_full_run_writes_every_report_file_and_a_loadable_bundle(phantom, full_r
     assert all(f"**Warning:** {w}." in text for w in summary["warnings"])
 
 
+def test_by_default_the_bundle_is_the_fold_heads_averaged_and_calibrated_out_of_fold(phantom, full_run):
+    from models.cnn_lstm import head_members
+    from models.runtime import Runtime
+    from train.calibration import fit_platt
+    from train.kfold import fold_head, from_features, score_scans
+    from train.cache import FeatureCache
+
+    tmp, config, summary, _ = full_run
+    out = Path(summary["run"])
+    bundle = load_bundle(summary["bundle"])
+    assert head_members(bundle.head) == config.folds and not (out / "final").exists()
+    raw_oof = pd.concat([pd.read_csv(out / "folds" / f"fold_{i}" / "predictions.csv") for i in range(config.folds)])
+    # The calibration is Platt's fit to the raw out-of-fold scores; the calibrated rule puts the threshold at 0.5.
+    expected = fit_platt(raw_oof["label"].to_numpy(), raw_oof["score"].to_numpy())
+    assert (bundle.calibration.slope, bundle.calibration.intercept) == pytest.approx(
+        (expected.slope, expected.intercept))
+    assert bundle.threshold == 0.5 and summary["cross_validation"]["threshold"] == 0.5
+    # The held-out scan, as the report has it, is the calibrated mean of the fold heads' scores.
+    holdout = [s for s in load_dataset(phantom) if s.name == "scan_005"]
+    runtime = bundle.runtime()
+    data = [from_features(f) for f in FeatureCache(runtime, config.cache_dir).extract(holdout).values()]
+    results = [{"fold": i} for i in range(config.folds)]
+    members = [score_scans(Runtime(MODEL, bundle.extractor, fold_head(out, r, MODEL, runtime.feature_dim, config)),
+                           data)["score"].to_numpy() for r in results]
+    reported = pd.read_csv(Path(summary["report"]) / "predictions.csv")
+    reported = reported[reported["fold"] == "holdout"].sort_values("frame")["score"].to_numpy()
+    np.testing.assert_allclose(reported, bundle.calibration.apply(np.mean(members, axis=0)), atol=1e-5)
+    text = (Path(summary["report"]) / "report.md").read_text()
+    assert f"mean score of the {config.folds} fold models' heads" in text and "The scores shown are calibrated" in text
+
+
+def test_bundle_heads_final_trains_the_final_model(phantom, tmp_path):
+    from models.cnn_lstm import head_members
+
+    summary = train(phantom, tmp_path / "run", MODEL, quick(tmp_path, bundle_heads="final", calibrate=False,
+                                                             threshold_rule="youden"))
+    bundle = load_bundle(summary["bundle"])
+    assert head_members(bundle.head) == 1 and bundle.calibration is None
+    assert (tmp_path / "run" / "final" / "history.csv").exists()
+    assert bundle.info["heads"].startswith("the final model, trained on all 6 non-holdout scans")
+
+
 def test_the_run_returns_its_cross_validation_and_reports_its_progress(full_run):
     _, config, summary, progress = full_run
     assert summary["cross_validation"] == load_bundle(summary["bundle"]).info["cross_validation"]

@@ -12,7 +12,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser("evaluate", "Score a model bundle on scan folders: metrics, plots, per-frame predictions.")
     p.add_argument("model", help="model bundle (.fhb) made by fetalhead train")
     p.add_argument("data", help="dataset folder: one folder per scan")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the report (required)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write report.md, its tables and plots into (required)")
     add_settings(p, EvaluateConfig)
     add_config(p, "evaluate")
     args = p.parse_args(argv)
