@@ -73,5 +73,6 @@ class Calibration:
     def describe(self) -> str:
         """One line for ``model info`` and the report."""
         where = f", fitted on {self.fitted_on}" if self.fitted_on else ""
-        return (f"Platt scaling sigmoid({self.slope:.4g} * logit(score) + {self.intercept:.4g}){where}; "
+        sign = "-" if self.intercept < 0 else "+"
+        return (f"Platt scaling sigmoid({self.slope:.4g} * logit(score) {sign} {abs(self.intercept):.4g}){where}; "
                 "the threshold applies to calibrated scores")

@@ -394,7 +394,8 @@ def write_report(out: Path, model_config: ModelConfig, train_config: TrainConfig
         f"Backbone `{model_config.backbone}` ({weights_phrase(model_config.weights)}), "
         f"image {model_config.image_size}, window {model_config.window}. Scores are streaming-equivalent "
         "per-frame scores: frame t is scored by the window ending at t, as the live worker scores it.", "",
-        (f"The scores shown are calibrated: {calibration.describe()}." if calibration is not None
+        (f"The scores shown are calibrated: {calibration.describe()}. The fold rows of the metrics table are "
+         "each fold model's own scores at its own threshold, before calibration." if calibration is not None
          else "The scores shown are the model's own sigmoid outputs, not calibrated."), "",
         *([f"Trained with Adam at learning rate {train_config.learning_rate:g} "
            f"({'backbone trained too' if train_config.train_backbone else 'frozen backbone'}), "
