@@ -259,11 +259,6 @@ def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
     calibration_of(path, meta)
 
 
-def head_members_of(path: str | Path, meta: dict[str, Any]) -> int:
-    """How many heads the bundle's head averages (``models.cnn_lstm.build_temporal_head``'s ``members``)."""
-    return int(meta.get("head_members", 1))
-
-
 def calibration_of(path: str | Path, meta: dict[str, Any]) -> Calibration | None:
     """The bundle's calibration, None for bundles without one (older ones); BundleError when malformed."""
     if meta.get("calibration") is None:
@@ -303,7 +298,7 @@ def load(path: str | Path) -> Bundle:
         if meta.get("feature_dim") not in (None, feature_dim):
             raise BundleError(f"model bundle {path}: config builds {config.backbone} with {feature_dim} features "
                               f"but the bundle says {meta['feature_dim']}")
-        head = build_temporal_head(config, feature_dim, members=head_members_of(path, meta))
+        head = build_temporal_head(config, feature_dim, members=meta.get("head_members", 1))
         for member, model in (("extractor.weights.h5", extractor), ("head.weights.h5", head)):
             try:
                 load_weights_strict(model, unpacked[member])

@@ -30,12 +30,11 @@ from rich.console import Console
 from rich.table import Table
 
 from models.bundle import load as load_bundle
-from models.cnn_lstm import build_temporal_head
 from models.config import ModelConfig
 from models.runtime import Runtime
 from train.calibration import brier_score, expected_calibration_error, fit_platt
 from train.config import TrainConfig
-from train.kfold import load_fold_predictions, prepare, score_scans, train
+from train.kfold import fold_head, load_fold_predictions, prepare, score_scans, train
 from train.data import load_dataset
 from train.metrics import binary_metrics
 from train.synth import SynthConfig, synth_dataset
@@ -50,26 +49,19 @@ DATASETS = {
 }
 
 
-def fold_runtimes(run: Path, bundle) -> list[Runtime]:
-    """The k fold models of ``run``: the bundle's frozen extractor with each fold's best head weights."""
-    runtimes = []
-    for folder in sorted((run / "folds").glob("fold_*")):
-        head = build_temporal_head(bundle.config, int(bundle.extractor.output_shape[-1]), name=folder.name)
-        head.load_weights(folder / "best.weights.h5")
-        runtimes.append(Runtime(bundle.config, bundle.extractor, head))
-    return runtimes
-
-
-def holdout_rows(run: Path, data: dict, holdout: list[str]) -> list[dict]:
+def holdout_rows(run: Path, data: dict, holdout: list[str], train_config: TrainConfig) -> list[dict]:
     """One row per method: its accuracy, ROC-AUC, ECE and Brier score on the held-out scans."""
     bundle = load_bundle(run / "model.fhb")
+    feature_dim = int(bundle.extractor.output_shape[-1])
     results = [json.loads((f / "result.json").read_text()) for f in sorted((run / "folds").glob("fold_*"))]
     oof = load_fold_predictions(run, results)
     platt = fit_platt(oof["label"].to_numpy(), oof["score"].to_numpy(), fitted_on="out-of-fold scores")
     held = [data[n] for n in holdout]
     final = score_scans(bundle.runtime(), held)
     labels = final["label"].to_numpy(int)
-    members = [score_scans(r, held)["score"].to_numpy(float) for r in fold_runtimes(run, bundle)]
+    members = [score_scans(Runtime(bundle.config, bundle.extractor,
+                                   fold_head(run, r, bundle.config, feature_dim, train_config)), held)
+               ["score"].to_numpy(float) for r in results]
     scores = {"final": final["score"].to_numpy(float), "ensemble": np.mean(members, axis=0)}
     scores["final+platt"] = platt.apply(scores["final"])
     scores["ensemble+platt"] = platt.apply(scores["ensemble"])
@@ -101,7 +93,7 @@ def study(out: Path, seeds: list[int], *, scans: int, holdout: int, epochs: int,
             bundle = load_bundle(root / "run" / "model.fhb")
             scan_data = {d.name: d for d in prepare(load_dataset(root / "data", window=model_config.window),
                                                     model_config, train_config, bundle.extractor)}
-            for row in holdout_rows(root / "run", scan_data, held):
+            for row in holdout_rows(root / "run", scan_data, held, train_config):
                 rows.append({"data": name, "seed": seed, **row})
     return pd.DataFrame(rows)
 

@@ -45,11 +45,11 @@ from models.scoring import window_scores
 from models.settings import to_dict
 from models.windows import sliding
 from train.cache import FeatureCache, ScanFeatures, data_fingerprint, frame_hash
+from train.calibration import fit_platt
 from train.config import TrainConfig
 from train.data import Scan, load_dataset
 from train.files import replacing, write_json
 from train.folds import scan_folds
-from train.calibration import fit_platt
 from train.metrics import METRIC_NAMES, binary_metrics, choose_threshold
 from train.trainer import (Member, Windows, compile_with_xla, epoch_steps, fit_pack, kept_weights,
                            read_history)
@@ -376,14 +376,18 @@ def train(data_root: str | Path, out: str | Path, model_config: ModelConfig, tra
         return summary
 
     oof = load_fold_predictions(out, results)
-    threshold = choose_threshold(oof["label"], oof["score"], train_config.threshold_rule)
     histories = {f"fold {r['fold']}": read_history(out / "folds" / f"fold_{r['fold']}" / "history.csv")
                  for r in results}
     calibration, calibration_warning = fit_calibration(oof, train_config)
+    if calibration is not None and train_config.threshold_rule == "calibrated":
+        # The rule's own Platt fit is this calibration: on its scale the threshold is 0.5 by definition.
+        threshold = 0.5
+    else:
+        threshold = choose_threshold(oof["label"], oof["score"], train_config.threshold_rule)
+        threshold = threshold if calibration is None else float(calibration.apply(threshold))
     if calibration is not None:
         # From here on every score, the threshold included, is on the calibrated scale the bundle scores on.
         oof = oof.assign(score=calibration.apply(oof["score"].to_numpy()))
-        threshold = 0.5 if train_config.threshold_rule == "calibrated" else float(calibration.apply(threshold))
     summary["cross_validation"] = summarise(results, oof, threshold)
     summary["warnings"] = learning_warnings(summary["cross_validation"], histories, train_config.learning_rate)
     summary["warnings"] += [calibration_warning] if calibration_warning else []
