@@ -496,7 +496,7 @@ MAX_SALIENCY_GRID = 256  # cells a side: far above any backbone's map (VGG19's i
 
 @dataclass(frozen=True)
 class Saliency:
-    """Where the model looked for its score of frame ``seq`` of ``stream`` (``models.saliency``, Grad-CAM).
+    """Where the model looked for its score of frame ``seq`` of ``stream`` (``models.saliency``, LayerCAM).
 
     ``heat`` is ``shape`` (rows, cols) uint8 cells, row-major, 0..255 for
     0..1 of the frame's own hottest cell. The grid covers the backbone's
@@ -504,7 +504,7 @@ class Saliency:
     in pixels of the frame, whose ``frame_shape`` is (rows, cols); x and y
     are negative where the padding reaches past the frame's edge.
     ``score``, ``model`` and ``t_capture`` are those of the frame's Score;
-    ``layer`` names the backbone's map the heat was taken from.
+    ``layer`` names the backbone's maps the heat was taken from, joined by "+".
     """
 
     TYPE: ClassVar[str] = "saliency"

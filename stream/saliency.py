@@ -11,12 +11,16 @@ from any start is at hand; inside one, the highest score since its start.
 A frame is held as its ``protocol.Frame`` (the bytes as received) and
 window of features; nothing is decoded before it is chosen.
 
-``SaliencyThread`` does the work in a thread of its own, behind a queue of
-``QUEUE_SIZE``: when it is busy, a chosen frame is skipped and counted,
-never waited for, so scores are not delayed by it. ZeroMQ sockets belong
-to one thread, so finished messages wait in ``results()`` for the worker's
-loop to send them. At the end, ``finish`` explains what is still queued,
-so a stream's last chosen frames are not lost to a stop.
+``SaliencyThread`` hands the work, behind a queue of ``QUEUE_SIZE``, to an
+``Explainer``: a process of its own at the lowest CPU priority (nice 19),
+which computes the heat maps (``models.saliency.LayerCam``). A thread in
+the worker would share TensorFlow's thread pool, and so the cores, with the
+scoring as an equal; a process the kernel schedules after the worker's
+threads takes only what scoring leaves idle. When it is busy, a chosen frame
+is skipped and counted, never waited for. ZeroMQ sockets belong to one
+thread, so finished messages wait in ``results()`` for the worker's loop to
+send them. At the end, ``finish`` explains what is still queued, so a
+stream's last chosen frames are not lost to a stop.
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import multiprocessing
+import os
 import queue
+import tempfile
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from models.episodes import END, START, EpisodeEvent
+from models.errors import ConfigError
 from stream import net, protocol
 
 if TYPE_CHECKING:
@@ -137,28 +146,144 @@ class Chooser:
         return out
 
 
+# Seconds the explaining process may take to load the model and trace its first heat map.
+START_TIMEOUT_S = 300.0
+
+
+def _explain_forever(path: str, conn) -> None:
+    """The explaining process: load the bundle at ``path``, then answer (raw frame, window, position) requests.
+
+    Each answer is ("ok", heat float32 (G_h, G_w), calibrated score) or
+    ("error", one line); None ends it. The first message is ("ready", layer)
+    or ("error", why it cannot start).
+    """
+    os.nice(19)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from models import bundle as bundles
+        from models.saliency import LayerCam
+
+        runtime = bundles.load(path).runtime()
+        cam = LayerCam(runtime)
+        config = runtime.config
+        cam.maps(np.zeros((1, config.image_size, config.image_size, 3), np.float32),
+                 np.zeros((1, config.window, runtime.feature_dim), np.float32), [config.window - 1])
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
+        return
+    conn.send(("ready", cam.layer))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        raw, window, position = request
+        try:
+            saliency = cam.maps(runtime.preprocess(raw)[None], window[None], [position])
+            conn.send(("ok", saliency.heat[0], float(saliency.scores[0])))
+        except Exception as exc:  # one frame's failure is that frame's, not the process's
+            conn.send(("error", f"{type(exc).__name__}: {str(exc).strip()[:200]}"))
+
+
+class Explainer:
+    """Heat maps computed in a child process at nice 19, one request at a time; ``close`` ends it.
+
+    The child loads a copy of ``runtime``'s model, saved to a temporary
+    bundle; it is started again when it has died.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        from models import bundle as bundles
+
+        self.runtime = runtime
+        self._folder = tempfile.TemporaryDirectory(prefix="fetalhead-saliency-")
+        self._path = Path(self._folder.name) / "model.fhb"
+        bundles.save(self._path, runtime.config, runtime.extractor, runtime.training_head,
+                     calibration=runtime.calibration)
+        self._context = multiprocessing.get_context("spawn")
+        self._process = None
+        self._conn = None
+        self.layer = self._start()
+
+    def _start(self) -> str:
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(target=_explain_forever, args=(str(self._path), child),
+                                              name="fetalhead-saliency", daemon=True)
+        self._process.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(START_TIMEOUT_S):
+            self._stop()
+            raise ConfigError(f"saliency: the explaining process did not start within {START_TIMEOUT_S:g} s")
+        try:
+            kind, detail = parent.recv()
+        except EOFError:
+            kind, detail = "error", f"it ended with exit code {self._process.exitcode}"
+        if kind != "ready":
+            self._stop()
+            raise ConfigError(f"saliency: the explaining process cannot start: {detail}")
+        return detail
+
+    @property
+    def pid(self) -> int | None:
+        """The explaining process's id, None while none runs."""
+        return None if self._process is None else self._process.pid
+
+    def explain(self, raw: np.ndarray, window: np.ndarray, position: int) -> tuple[np.ndarray, float]:
+        """(heat float32 (G_h, G_w) in 0..1, calibrated score) of ``raw`` scored at ``position`` of ``window`` (W, F)."""
+        if self._process is None or not self._process.is_alive():
+            logger.warning("saliency: the explaining process has ended; starting it again")
+            self._stop()
+            self._start()
+        try:
+            self._conn.send((raw, window, position))
+            answer = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            # Reaped now, so that the next request starts a new one.
+            self._stop()
+            raise RuntimeError(f"the explaining process ended ({type(exc).__name__})") from None
+        if answer[0] != "ok":
+            raise RuntimeError(answer[1])
+        return answer[1], answer[2]
+
+    def _stop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send(None)
+            except (OSError, ValueError):
+                pass
+            self._conn.close()
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._conn = self._process = None
+
+    def close(self) -> None:
+        self._stop()
+        self._folder.cleanup()
+
+
 class SaliencyThread:
     """Heat maps of chosen frames, computed in a thread; ``with`` starts and stops it.
 
     runtime: the worker's ``models.runtime.Runtime``; mode as ``parse_mode``
-    gives it; threshold: the bundle's. Made before the stream starts: it
-    builds and traces its ``models.saliency.GradCam`` here. ``offer`` and ``episodes`` never
+    gives it; threshold: the bundle's. Made before the stream starts: its
+    ``Explainer`` loads the model and traces here. ``offer`` and ``episodes`` never
     block; ``results`` hands over the finished ``protocol.Saliency``
     messages; ``stats`` are the heartbeat's ``saliency.*`` counters.
     """
 
     def __init__(self, runtime: Runtime, mode: str, every: int = 0, *, threshold: float = 0.5,
                  warn_interval_s: float = 5.0) -> None:
-        from models.saliency import GradCam
-
         self.runtime = runtime
         self.chooser = Chooser(mode, every, threshold=threshold)
-        self.cam = GradCam(runtime)
-        # Trace the one shape the thread uses now, before the first frame: tracing takes
-        # a second or more, during which it would compete with the first scores.
-        size, window = runtime.config.image_size, runtime.config.window
-        self.cam.maps(np.zeros((1, size, size, 3), np.float32), np.zeros((1, window, runtime.feature_dim), np.float32),
-                      [window - 1])
+        # Started now, before the first frame: loading and tracing take seconds,
+        # during which the process would compete with the first scores.
+        self.explainer = Explainer(runtime)
         self.chosen = self.skipped = self.published = self.failed = 0
         self._jobs: queue.Queue[Job | None] = queue.Queue(QUEUE_SIZE)
         self._done: collections.deque[protocol.Saliency] = collections.deque()
@@ -173,10 +298,14 @@ class SaliencyThread:
         self.finish()
 
     def finish(self) -> None:
-        """Explain what is queued (at most ``QUEUE_SIZE`` frames), then stop the thread; ``results`` keeps them."""
+        """Explain what is queued (at most ``QUEUE_SIZE`` frames), then stop the thread and the explaining process.
+
+        ``results`` keeps the messages.
+        """
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
+        self.explainer.close()
 
     def offer(self, frame: protocol.Frame, window: np.ndarray, score: protocol.Score) -> None:
         """Frame ``frame`` was scored ``score`` over ``window`` float32 (k, F) of features ending at it."""
@@ -209,24 +338,25 @@ class SaliencyThread:
             job = self._jobs.get()
             if job is None:
                 return
-            try:
-                self._done.append(self.explain(job))
-                self.published += 1
-            except Exception as exc:  # one frame's heat map must never end the thread
-                self.failed += 1
-                self._warn.warning("saliency", f"saliency of {job.score.stream}#{job.score.seq} failed: "
-                                               f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+            self._take(job)
+
+    def _take(self, job: Job) -> None:
+        try:
+            self._done.append(self.explain(job))
+            self.published += 1
+        except Exception as exc:  # one frame's heat map must never end the thread
+            self.failed += 1
+            self._warn.warning("saliency", f"saliency of {job.score.stream}#{job.score.seq} failed: "
+                                           f"{type(exc).__name__}: {str(exc).strip()[:200]}")
 
     def explain(self, job: Job) -> protocol.Saliency:
         """The Saliency message of one job."""
-        window = np.zeros((1, self.runtime.config.window, job.window.shape[-1]), np.float32)
-        window[0, :len(job.window)] = job.window
         from models.saliency import square
 
+        window = np.zeros((self.runtime.config.window, job.window.shape[-1]), np.float32)
+        window[:len(job.window)] = job.window
         raw = job.frame.image()
-        image = self.runtime.preprocess(raw)
-        saliency = self.cam.maps(image[None], window, [len(job.window) - 1])
+        heat, _ = self.explainer.explain(raw, window, len(job.window) - 1)
         score = job.score
         return protocol.saliency_message(score.stream, score.seq, score.score, score.model, score.t_capture,
-                                         saliency.layer, raw.shape[:2], square(raw, self.runtime.config),
-                                         saliency.heat[0])
+                                         self.explainer.layer, raw.shape[:2], square(raw, self.runtime.config), heat)

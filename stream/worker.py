@@ -416,8 +416,8 @@ class WorkerConfig:
     docs/protocol.md "Several workers"): it scores only the streams it
     ``owns``, and its heartbeats carry ``process_id`` (``_worker.NAME``,
     NAME by default the shard as ``0of2``) so a consumer tells the workers apart.
-    ``saliency`` (``stream.saliency.parse_mode``) publishes Grad-CAM heat
-    maps of chosen frames, computed in a thread of their own.
+    ``saliency`` (``stream.saliency.parse_mode``) publishes LayerCAM heat
+    maps of chosen frames, computed in a process of their own at nice 19.
     """
 
     sub: tuple[str, ...] = setting((net.DEFAULT_PUB,), "frame addresses to connect to (several captures in live mode)")
@@ -432,7 +432,7 @@ class WorkerConfig:
     stream_idle_s: float = setting(60.0, "seconds without a frame after which a stream is forgotten",
                                    flag="stream-idle")
     forward_frames: bool = setting(False, "also publish each frame on the scores socket, before its score")
-    saliency: str = setting("off", "publish Grad-CAM heat maps (saliency messages) of: off, best (each head "
+    saliency: str = setting("off", "publish LayerCAM heat maps (saliency messages) of: off, best (each head "
                                    "episode's best frame) or 'every N' (every N-th frame); never delays scores")
     allow_remote: bool = setting(False, "allow binding a non-loopback scores address (encrypted only with --keys)")
     exit_after_eos: int = setting(0, "exit after this many ends of stream; 0 runs until stopped")
@@ -855,7 +855,7 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
             except _Abandoned as exc:
                 logger.info("worker: %s while loading its model, stopped", exc)
             mode, every = parse_mode(config.saliency)
-            # Its Grad-CAM traces for a second or more: while the heartbeats still say loading.
+            # Its LayerCAM traces for a second or more: while the heartbeats still say loading.
             saliency = None if loaded is None or mode == "off" else SaliencyThread(
                 loaded[1], mode, every, threshold=loaded[0].threshold, warn_interval_s=config.warn_interval_s)
         if loaded is None:

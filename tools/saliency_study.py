@@ -1,7 +1,7 @@
-"""Does the heat map point at the head? Grad-CAM peaks against the phantom's known skull.
+"""Does the heat map point at the head? LayerCAM peaks against the phantom's known skull.
 
 ``python -m tools.saliency_study [--bundle FHB | --save FHB] [--scans 16] [--frames 80] [--epochs 20]
-[--image-size 64]``
+[--image-size 64] [--seed 11] [--test-scans 8] [--layers A,B]``
 trains a tiny CNN-LSTM with its backbone on phantom scans (unless given a
 bundle), then, on phantom sweeps it never saw, counts the Head frames whose
 heat-map peak (``models.saliency.peak``) lies inside the skull ellipse
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import numpy as np
 from models import bundle as bundles
 from models.config import ModelConfig
 from models.preprocess import preprocess_batch, scan_area
-from models.saliency import GradCam, peak
+from models.runtime import Runtime
+from models.saliency import LayerCam, peak
 from train.synth import Sweep
 
 
@@ -39,8 +39,8 @@ class Hits:
         return self.hits / self.frames if self.frames else float("nan")
 
 
-def head_hits(cam: GradCam, config: ModelConfig, sweeps: list[Sweep]) -> Hits:
-    """Grad-CAM every Head frame of ``sweeps`` and count the peaks inside the skull."""
+def head_hits(cam: LayerCam, config: ModelConfig, sweeps: list[Sweep]) -> Hits:
+    """Explain every Head frame of ``sweeps`` and count the peaks inside the skull."""
     frames = hits = 0
     shares = []
     for sweep in sweeps:
@@ -59,19 +59,32 @@ def head_hits(cam: GradCam, config: ModelConfig, sweeps: list[Sweep]) -> Hits:
     return Hits(frames, hits, float(np.mean(shares)) if shares else float("nan"))
 
 
-def train_phantom(out: Path, *, scans: int, frames: int, epochs: int, image_size: int) -> tuple[Path, float]:
-    """A tiny CNN-LSTM trained with its backbone on ``scans`` phantom scans: (bundle, pooled out-of-fold ROC-AUC)."""
+def train_phantom(out: Path, *, scans: int, frames: int, epochs: int, image_size: int, seed: int = 11) -> Runtime:
+    """A tiny CNN-LSTM trained with its backbone on ``scans`` phantom scans of ``frames`` frames.
+
+    It is the model ``fetalhead train`` would bundle with these settings
+    (``--train-backbone`` bundles the final model), trained alone: the folds
+    would only add figures this study does not need.
+    """
+    from models.cnn_lstm import build_feature_extractor
     from train.config import TrainConfig
-    from train.kfold import train
+    from train.data import load_dataset
+    from train.kfold import final_job, prepare, train_pack
     from train.synth import SynthConfig, synth_dataset
 
     data = out / "scans"
-    synth_dataset(data, SynthConfig(scans=scans, frames=frames, height=96, width=128, seed=11, video_fraction=0.0))
+    synth_dataset(data, SynthConfig(scans=scans, frames=frames, height=96, width=128, seed=seed, video_fraction=0.0))
     model = ModelConfig(backbone="tiny", weights="none", image_size=image_size, lstm_units=(32, 16), dense_units=16)
-    config = TrainConfig(folds=2, epochs=epochs, learning_rate=1e-3, train_backbone=True, early_stopping=False,
-                         cache_dir=str(out / "cache"), progress=False)
-    summary = train(data, out / "run", model, config)
-    return Path(summary["bundle"]), float(summary["cross_validation"]["pooled_out_of_fold"]["roc_auc"])
+    config = TrainConfig(epochs=epochs, learning_rate=1e-3, train_backbone=True, early_stopping=False, progress=False)
+    extractor = build_feature_extractor(model)
+    by_name = {d.name: d for d in prepare(load_dataset(data, window=model.window), model, config, extractor)}
+    runtime, _ = train_pack(out, [final_job(out, list(by_name), by_name, config, epochs)], model, config, extractor)[0]
+    return Runtime(model, runtime.extractor, runtime.training_head)
+
+
+def unseen_sweeps(count: int, frames: int = 80) -> list[Sweep]:
+    """Phantom sweeps from seeds no training set of ``train.synth.synth_dataset`` uses."""
+    return [Sweep(np.random.default_rng((97, k)), frames, 96, 128) for k in range(count)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,22 +94,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=80, help="frames per scan")
     p.add_argument("--epochs", type=int, default=20, help="epochs per fold and of the final model")
     p.add_argument("--image-size", type=int, default=64, help="backbone input side")
-    p.add_argument("--test-scans", type=int, default=4, help="unseen phantom sweeps to measure on")
+    p.add_argument("--test-scans", type=int, default=8, help="unseen phantom sweeps to measure on")
+    p.add_argument("--seed", type=int, default=11, help="seed of the phantom scans trained on")
     p.add_argument("--save", help="keep the trained bundle at this path")
-    p.add_argument("--layer", help="the backbone layer to explain (default: models.saliency.map_layer's choice)")
+    p.add_argument("--layers", help="comma-separated backbone layers to explain and fuse "
+                                    "(default: models.saliency.map_layers's choice)")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        path, auc = (Path(args.bundle), None) if args.bundle else train_phantom(
-            Path(tmp), scans=args.scans, frames=args.frames, epochs=args.epochs, image_size=args.image_size)
-        if args.save and not args.bundle:
-            shutil.copyfile(path, args.save)
-        model = bundles.load(path)
-        cam = GradCam(model.runtime(), args.layer)
-        sweeps = [Sweep(np.random.default_rng((97, k)), args.frames, 96, 128) for k in range(args.test_scans)]
-        result = head_hits(cam, model.config, sweeps)
-    if auc is not None:
-        print(f"trained on {args.scans} phantom scans: pooled out-of-fold ROC-AUC {auc:.3f}")
-    print(f"layer {cam.layer} grid {cam.grid[0]}x{cam.grid[1]}: {result.hits}/{result.frames} Head frames peak "
+    if args.bundle:
+        model = bundles.load(args.bundle)
+        runtime, config = model.runtime(), model.config
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            runtime = train_phantom(Path(tmp), scans=args.scans, frames=args.frames, epochs=args.epochs,
+                                    image_size=args.image_size, seed=args.seed)
+        config = runtime.config
+        if args.save:
+            bundles.save(args.save, config, runtime.extractor, runtime.training_head)
+    cam = LayerCam(runtime, args.layers.split(",") if args.layers else None)
+    result = head_hits(cam, config, unseen_sweeps(args.test_scans))
+    print(f"layers {cam.layer} grid {cam.grid[0]}x{cam.grid[1]}: {result.hits}/{result.frames} Head frames peak "
           f"inside the skull ({result.fraction:.1%}); the skull covers {result.area_share:.1%} of the scan area")
     return 0
 

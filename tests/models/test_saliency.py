@@ -1,4 +1,4 @@
-"""Grad-CAM against truths known by construction: the streaming scores, a hand-built extractor, the phantom's skull."""
+"""LayerCAM against truths known by construction: the streaming scores, a hand-built extractor, the phantom's skull."""
 
 from __future__ import annotations
 
@@ -55,26 +55,29 @@ def _feature_gradient(runtime, held: np.ndarray) -> np.ndarray:
 
 def test_scores_are_the_streaming_scores(runtime, tiny_config):
     from models.preprocess import preprocess_batch
-    from models.saliency import GradCam
+    from models.saliency import LayerCam
 
     frames = [np.random.default_rng(i).integers(0, 255, (64, 80), dtype=np.uint8) for i in range(12)]
     images = preprocess_batch(frames, tiny_config)
-    cam = GradCam(runtime)
+    cam = LayerCam(runtime)
     # Frames before and after the first full window of 8, in one batch of mixed window lengths.
     indices = [0, 3, 7, 8, 11]
     saliency = cam.scan(images, indices, batch_size=3)
     expected = runtime.scan_scores(runtime.features(images))[indices]
     np.testing.assert_allclose(saliency.scores, expected, atol=1e-5)
-    assert saliency.heat.shape == (5, *cam.grid) and cam.layer == "tiny_conv2" and cam.grid == (8, 8)
+    assert saliency.heat.shape == (5, *cam.grid) and cam.layer == "tiny_conv1+tiny_conv2" and cam.grid == (32, 32)
     assert saliency.heat.min() >= 0.0 and saliency.heat.max() <= 1.0
     for heat in saliency.heat:
         assert heat.max() == pytest.approx(1.0) or not heat.any()
 
 
-def test_heat_is_grad_cam_by_finite_differences(tiny_config):
-    """relu(sum_c dscore/dF_c * A_c), with the derivative measured numerically on the held window."""
+def test_heat_is_layer_cam_by_finite_differences(tiny_config):
+    """relu(sum_c relu(dscore/dA_c) * A_c), with the derivative measured numerically on the held window.
+
+    The probe's features are the means of its map, so dscore/dA_c is dscore/dF_c over the cells, the same in each.
+    """
     from models.preprocess import preprocess_batch
-    from models.saliency import GradCam
+    from models.saliency import LayerCam
 
     runtime = _probe_runtime(tiny_config)
     frames = [np.random.default_rng(i).integers(0, 255, (64, 64), dtype=np.uint8) for i in range(10)]
@@ -84,16 +87,54 @@ def test_heat_is_grad_cam_by_finite_differences(tiny_config):
     grads = _feature_gradient(runtime, features[t - window + 1:t + 1].astype(np.float64))
     assert grads.max() > 0, "a head that no feature raises explains nothing"
     maps = np.maximum(np.stack([images[t].mean(-1), -images[t].mean(-1)], -1), 0)
-    expected = np.maximum(maps @ grads, 0)
+    expected = np.maximum(maps @ np.maximum(grads, 0), 0)
     expected /= expected.max()
-    heat = GradCam(runtime).scan(images, [t]).heat[0]
+    heat = LayerCam(runtime).scan(images, [t]).heat[0]
     np.testing.assert_allclose(heat, expected, atol=0.02)
+
+
+def test_layers_fuse_as_the_mean_of_each_layers_map(runtime, tiny_config):
+    """Each layer's map normalised, the coarser resized to the finer grid, averaged, normalised again."""
+    import cv2
+
+    from models.preprocess import preprocess_batch
+    from models.saliency import LayerCam
+
+    frames = [np.random.default_rng(50 + i).integers(0, 255, (64, 64), dtype=np.uint8) for i in range(9)]
+    images = preprocess_batch(frames, tiny_config)
+    fused = LayerCam(runtime).scan(images, [4, 8])
+    fine = LayerCam(runtime, ["tiny_conv1"]).scan(images, [4, 8])
+    coarse = LayerCam(runtime, ["tiny_conv2"]).scan(images, [4, 8])
+    assert fine.heat.shape == (2, 32, 32) and coarse.heat.shape == (2, 8, 8)
+    for b in range(2):
+        expected = fine.heat[b] + cv2.resize(coarse.heat[b], (32, 32), interpolation=cv2.INTER_LINEAR)
+        assert expected.max() > 0
+        np.testing.assert_allclose(fused.heat[b], expected / expected.max(), atol=1e-4)
+    np.testing.assert_allclose(fused.scores, fine.scores, atol=1e-6)
+
+
+def test_map_layers_take_the_two_coarsest_stages_of_4_cells_or_more():
+    import keras
+
+    from models.saliency import map_layers
+
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="a1")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="a2")(x)
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", name="b")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="c")(x)
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", name="d")(x)
+    assert map_layers(keras.Model(inputs, x)) == ("b", "c")
+    assert map_layers(keras.Model(inputs, x), stages=3) == ("a2", "b", "c")
+    tiny = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, strides=4, padding="same", name="small")(tiny)
+    assert map_layers(keras.Model(tiny, keras.layers.Conv2D(4, 1, strides=2, name="smaller")(y))) == ("small",)
 
 
 def test_peak_finds_the_only_evidence(tiny_config):
     """The disc is the only evidence: bright where brightness raises the score, else dark. The heat peaks on it."""
     from models.preprocess import preprocess_batch
-    from models.saliency import GradCam, overlay, peak, to_frame
+    from models.saliency import LayerCam, overlay, peak, to_frame
 
     runtime = _probe_runtime(tiny_config)
     grey = _disc_frames(8, (44, 18), 128)
@@ -101,7 +142,7 @@ def test_peak_finds_the_only_evidence(tiny_config):
     assert grads.max() > 0
     frames = _disc_frames(8, (44, 18), 250 if grads[0] > 0 else 0)
     images = preprocess_batch(frames, tiny_config)
-    heat = GradCam(runtime).scan(images, [7]).heat[0]
+    heat = LayerCam(runtime).scan(images, [7]).heat[0]
     x, y = peak(heat, frames[7], tiny_config)
     assert np.hypot(x - 44, y - 18) <= 6
     laid = to_frame(heat, frames[7], tiny_config)
@@ -132,11 +173,11 @@ def test_peak_maps_through_roi_and_padding(tiny_config):
 
 def test_bad_inputs_name_what_is_wrong(runtime):
     from models.errors import ConfigError
-    from models.saliency import GradCam
+    from models.saliency import LayerCam
 
     with pytest.raises(ConfigError, match="no layer 'nope'"):
-        GradCam(runtime, layer="nope")
-    cam = GradCam(runtime)
+        LayerCam(runtime, ["tiny_conv1", "nope"])
+    cam = LayerCam(runtime)
     with pytest.raises(ValueError, match="positions must be in 0..7"):
         cam.maps(np.zeros((1, 64, 64, 3), np.float32), np.zeros((1, 8, 64), np.float32), [8])
     with pytest.raises(ValueError, match="as many"):
@@ -144,20 +185,20 @@ def test_bad_inputs_name_what_is_wrong(runtime):
 
 
 def test_vgg19_architecture_explains_one_frame():
-    """The VGG19 path (random weights, 224x224): block5_conv4's 14x14 grid, score equal to the runtime's."""
+    """The VGG19 path (random weights, 224x224): block4_conv4's 28x28 grid fused with block5_conv4, the runtime's score."""
     from models.cnn_lstm import build_feature_extractor, build_temporal_head
     from models.config import ModelConfig
     from models.preprocess import preprocess
     from models.runtime import Runtime
-    from models.saliency import GradCam
+    from models.saliency import LayerCam
 
     config = ModelConfig(backbone="vgg19", weights="none", window=2, lstm_units=(8, 4), dense_units=4)
     extractor = build_feature_extractor(config)
     runtime = Runtime(config, extractor, build_temporal_head(config, 512))
     image = preprocess(np.random.default_rng(0).integers(0, 255, (240, 320), dtype=np.uint8), config)[None]
-    cam = GradCam(runtime)
+    cam = LayerCam(runtime)
     saliency = cam.scan(image, [0])
-    assert cam.layer == "block5_conv4" and saliency.heat.shape == (1, 14, 14)
+    assert cam.layer == "block4_conv4+block5_conv4" and saliency.heat.shape == (1, 28, 28)
     np.testing.assert_allclose(saliency.scores, runtime.scan_scores(runtime.features(image)), atol=1e-5)
 
 
@@ -197,3 +238,18 @@ def test_explain_command_says_what_is_wrong(tmp_path, tiny_config, tiny_models, 
     assert main([str(bundle), str(tmp_path), "--out", str(tmp_path / "out"), "--frames", "often"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and "missing.avi: not found" in lines[0] and "'often' is not head, all" in lines[1]
+
+
+@pytest.mark.slow
+def test_heat_peaks_on_the_skull_of_unseen_phantom_sweeps(tmp_path):
+    """A tiny model trained on 16 phantom scans: most Head frames of sweeps it never saw peak inside the skull.
+
+    The study's default training (``python -m tools.saliency_study``, 87.7 % on 8 sweeps), measured on 4.
+    """
+    from models.saliency import LayerCam
+    from tools.saliency_study import head_hits, train_phantom, unseen_sweeps
+
+    runtime = train_phantom(tmp_path, scans=16, frames=80, epochs=20, image_size=64)
+    hits = head_hits(LayerCam(runtime), runtime.config, unseen_sweeps(4))
+    assert hits.frames > 50
+    assert hits.fraction > 0.5 and hits.fraction > 2 * hits.area_share, hits

@@ -10,7 +10,7 @@ import zmq
 from models.episodes import EpisodeTracker
 from models.errors import ConfigError
 from stream import protocol
-from stream.saliency import QUEUE_SIZE, Chooser, Job, SaliencyThread, parse_mode
+from stream.saliency import QUEUE_SIZE, Chooser, Explainer, Job, SaliencyThread, parse_mode
 from stream.worker import WorkerConfig, serve
 from tests.stream.conftest import T0, read_video, recv_until
 
@@ -95,8 +95,8 @@ def test_best_chooses_each_episodes_best_frame(values):
 
 
 def test_thread_skips_when_busy_and_explains_what_it_took(tiny_runtime):
-    """Jobs beyond the queue are skipped, not waited for; the ones taken give the offline Grad-CAM."""
-    from models.saliency import GradCam
+    """Jobs beyond the queue are skipped, not waited for; the ones taken give the offline LayerCAM."""
+    from models.saliency import LayerCam
 
     frames = [np.random.default_rng(i).integers(0, 255, (64, 80), dtype=np.uint8) for i in range(6)]
     images = np.stack([tiny_runtime.preprocess(f) for f in frames])
@@ -116,7 +116,7 @@ def test_thread_skips_when_busy_and_explains_what_it_took(tiny_runtime):
         pass
     results = thread.results()
     assert [m.seq for m in results] == list(range(QUEUE_SIZE)) and thread.published == QUEUE_SIZE
-    expected = GradCam(tiny_runtime).scan(images, list(range(QUEUE_SIZE)))
+    expected = LayerCam(tiny_runtime).scan(images, list(range(QUEUE_SIZE)))
     for message, heat in zip(results, expected.heat):
         assert message.layer == expected.layer and message.shape == heat.shape
         # A 64x80 frame of speckle is all scan area: an 80-pixel square from 8 rows above it.
@@ -124,11 +124,48 @@ def test_thread_skips_when_busy_and_explains_what_it_took(tiny_runtime):
         np.testing.assert_allclose(message.grid() / 255.0, heat, atol=1 / 255 + 1e-6)
 
 
+def test_explainer_runs_at_the_lowest_priority_and_outlives_bad_requests_and_its_death(tiny_runtime):
+    """The child at nice 19 gives the offline heat map; a bad request fails alone; a killed child is started again."""
+    import os
+    import signal
+
+    from models.saliency import LayerCam
+
+    frames = [np.random.default_rng(20 + i).integers(0, 255, (64, 80), dtype=np.uint8) for i in range(8)]
+    images = np.stack([tiny_runtime.preprocess(f) for f in frames])
+    features = tiny_runtime.features(images)
+    expected = LayerCam(tiny_runtime).scan(images, [7])
+    explainer = Explainer(tiny_runtime)
+    try:
+        first = explainer.pid
+        assert os.getpriority(os.PRIO_PROCESS, first) == 19 and explainer.layer == expected.layer
+        heat, score = explainer.explain(frames[7], features, 7)
+        np.testing.assert_allclose(heat, expected.heat[0], atol=1e-5)
+        assert score == pytest.approx(float(expected.scores[0]), abs=1e-5)
+        with pytest.raises(RuntimeError, match="Error"):
+            explainer.explain(frames[7], features[:, :3], 7)
+        np.testing.assert_allclose(explainer.explain(frames[7], features, 7)[0], expected.heat[0], atol=1e-5)
+        os.kill(first, signal.SIGKILL)
+        # The kill may land while a request is in flight (that request fails) or before the next is sent.
+        answers = []
+        for _ in range(2):
+            try:
+                answers.append(explainer.explain(frames[7], features, 7))
+                break
+            except RuntimeError as exc:
+                assert "explaining process ended" in str(exc)
+        assert answers and explainer.pid not in (None, first)
+        np.testing.assert_allclose(answers[0][0], expected.heat[0], atol=1e-5)
+    finally:
+        explainer.close()
+    assert explainer.pid is None
+
+
 @pytest.mark.slow
 def test_worker_publishes_heat_maps_off_the_scoring_path(background, sockets, address, video, tiny_bundle,
                                                          tiny_runtime):
     """Lossless replay with ``every 5``: every frame is scored; each chosen frame is published or counted skipped."""
-    from models.saliency import GradCam
+    from models.saliency import LayerCam
     from stream.capture import CaptureConfig, capture
     from stream.sources import VideoFileSource
 
@@ -151,7 +188,7 @@ def test_worker_publishes_heat_maps_off_the_scoring_path(background, sockets, ad
     assert len(heats) == messages[-1].stats["saliency.published"] >= 1
     assert {m.seq for m in heats} <= {0, 5, 10, 15}
     images = np.stack([tiny_runtime.preprocess(f) for f in read_video(path)])
-    expected = GradCam(tiny_runtime).scan(images, [m.seq for m in heats])
+    expected = LayerCam(tiny_runtime).scan(images, [m.seq for m in heats])
     for message, heat in zip(heats, expected.heat):
         np.testing.assert_allclose(message.grid() / 255.0, heat, atol=1 / 255 + 1e-6)
 

@@ -11,7 +11,7 @@ from tools.command import add_config, add_settings, parser, run, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("explain", "Grad-CAM heat maps of a model's per-frame scores over a scan, video or DICOM cine.")
+    p = parser("explain", "LayerCAM heat maps of a model's per-frame scores over a scan, video or DICOM cine.")
     p.add_argument("model", help="model bundle (.fhb) made by fetalhead train")
     p.add_argument("source", help="scan folder, video file or DICOM file or folder")
     p.add_argument("--out", required=True, metavar="DIR",
