@@ -168,6 +168,9 @@ class Scorer:
         self.events: list[protocol.Status] = []
         # The feature window of each score the last ``score`` call returned, in order (for saliency).
         self.scored_windows: list[np.ndarray] = []
+        # (stream, seq, count) of the frames missed during the current ``score`` call: a score's
+        # ``dropped`` leaves out those after it in the same batch.
+        self._missed_now: list[tuple[str, int, int]] = []
         self._warn = net.Throttled(logger, warn_interval_s)
 
     def _new_state(self, stream: str) -> _StreamState:
@@ -198,6 +201,7 @@ class Scorer:
             lost = frame.seq - state.seen_seq - 1
             state.missed += lost
             self.lost += lost
+            self._missed_now.append((frame.stream, frame.seq, lost))
         state.seen_seq = frame.seq
         return True
 
@@ -256,6 +260,7 @@ class Scorer:
 
     def _unscored(self, frame: protocol.Frame, exc: Exception, key: str | None = None) -> None:
         self.streams[frame.stream].missed += 1
+        self._missed_now.append((frame.stream, frame.seq, 1))
         self.reject(exc, f"frame {frame.stream}#{frame.seq}", key=key)
 
     def _rows(self, fn: Callable[[list], Any], items: list, frames: list[protocol.Frame]) -> list:
@@ -292,6 +297,7 @@ class Scorer:
             raise ValueError(f"t_received has {len(received)} times for {len(frames)} frames")
         accepted: list[tuple[protocol.Frame, float]] = []
         images = []
+        self._missed_now = []
         for frame, t in zip(frames, received):
             if not self.admit(frame):
                 continue
@@ -349,7 +355,8 @@ class Scorer:
                     stream=frame.stream, seq=frame.seq, score=value, decision=value >= self.threshold,
                     threshold=self.threshold, model=self.model_id, t_capture=frame.t_capture, t_received=t,
                     t_scored=t_scored, latency=latency, flags=frame_flags, window=len(window),
-                    dropped=state.missed)
+                    dropped=state.missed - sum(count for stream, seq, count in self._missed_now
+                                               if stream == frame.stream and seq > frame.seq))
             except protocol.ProtocolError as exc:  # a model that gave NaN
                 self._unscored(frame, exc, INTERNAL)
                 continue

@@ -203,6 +203,18 @@ def test_a_frame_that_breaks_the_model_costs_only_itself(tiny_bundle, tiny_runti
     assert line == "rejected frame f#2 (internal): RuntimeError: backbone failed"
 
 
+def test_a_scores_dropped_counts_only_the_frames_before_it_in_its_batch(tiny_bundle):
+    """One batch of 0..11 with 3 and 9 broken and 6 never sent: each score counts the misses before its seq."""
+    runtime = FlakyRuntime(tiny_bundle.config, tiny_bundle.extractor, tiny_bundle.head)
+    scorer = Scorer(runtime, tiny_bundle.threshold, tiny_bundle.model_id)
+    seqs = [s for s in range(12) if s != 6]
+    images = make_frames(len(seqs))
+    for broken in (3, 9):
+        images[seqs.index(broken)] = np.zeros_like(images[0])
+    scores = scorer.score(frames_of("f", images, seqs=seqs), time.time())
+    assert {s.seq: s.dropped for s in scores} == {0: 0, 1: 0, 2: 0, 4: 1, 5: 1, 7: 2, 8: 2, 10: 3, 11: 3}
+
+
 @pytest.mark.parametrize("data, key", [
     (b"no separator at all", "no_topic"),
     (b"cam\x00\xc1\xc1", "not_msgpack"),
