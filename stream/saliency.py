@@ -160,6 +160,11 @@ def _explain_forever(path: str, conn) -> None:
     os.nice(19)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        import tensorflow as tf
+
+        # One thread: however busy, the explaining process leaves every other core to scoring.
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
         from models import bundle as bundles
         from models.saliency import LayerCam
 
