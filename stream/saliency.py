@@ -273,7 +273,7 @@ class Explainer:
 
 
 class SaliencyThread:
-    """Heat maps of chosen frames, computed in a thread; ``with`` starts and stops it.
+    """Heat maps of chosen frames, handed by a thread to an ``Explainer``; ``with`` starts and stops both.
 
     runtime: the worker's ``models.runtime.Runtime``; mode as ``parse_mode``
     gives it; threshold: the bundle's. Made before the stream starts: its
@@ -343,16 +343,13 @@ class SaliencyThread:
             job = self._jobs.get()
             if job is None:
                 return
-            self._take(job)
-
-    def _take(self, job: Job) -> None:
-        try:
-            self._done.append(self.explain(job))
-            self.published += 1
-        except Exception as exc:  # one frame's heat map must never end the thread
-            self.failed += 1
-            self._warn.warning("saliency", f"saliency of {job.score.stream}#{job.score.seq} failed: "
-                                           f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+            try:
+                self._done.append(self.explain(job))
+                self.published += 1
+            except Exception as exc:  # one frame's heat map must never end the thread
+                self.failed += 1
+                self._warn.warning("saliency", f"saliency of {job.score.stream}#{job.score.seq} failed: "
+                                               f"{type(exc).__name__}: {str(exc).strip()[:200]}")
 
     def explain(self, job: Job) -> protocol.Saliency:
         """The Saliency message of one job."""

@@ -862,7 +862,7 @@ def serve(bundle: str | Path | Bundle, config: WorkerConfig = WorkerConfig(),
             except _Abandoned as exc:
                 logger.info("worker: %s while loading its model, stopped", exc)
             mode, every = parse_mode(config.saliency)
-            # Its LayerCAM traces for a second or more: while the heartbeats still say loading.
+            # Its explaining process loads and traces for seconds: while the heartbeats still say loading.
             saliency = None if loaded is None or mode == "off" else SaliencyThread(
                 loaded[1], mode, every, threshold=loaded[0].threshold, warn_interval_s=config.warn_interval_s)
         if loaded is None:

@@ -502,8 +502,8 @@ def bench_saliency(backbone: str, config: BenchConfig, frames: list[np.ndarray],
     """The lossless worker's per-frame cost with ``--saliency best`` and ``every 10`` against ``off``.
 
     The three workers run side by side and take turns in blocks of
-    ``config.frames`` frames, in the order off, best, every, every, best, off
-    and again, so that a machine that slows or speeds up over the run weighs on
+    ``config.frames`` frames, in the order off, best, every, every, best, off,
+    so that a machine that slows or speeds up over the run weighs on
     all three alike. Each block is the highest-scoring frame, then the
     lowest, for half a block each, and the bundle's threshold lies halfway
     between their scores, so that ``best`` finds a head episode in each
