@@ -12,11 +12,12 @@ A frame is held as its ``protocol.Frame`` (the bytes as received) and
 window of features; nothing is decoded before it is chosen.
 
 ``SaliencyThread`` hands the work, behind a queue of ``QUEUE_SIZE``, to an
-``Explainer``: a process of its own at the lowest CPU priority (nice 19),
-which computes the heat maps (``models.saliency.LayerCam``). A thread in
-the worker would share TensorFlow's thread pool, and so the cores, with the
-scoring as an equal; a process the kernel schedules after the worker's
-threads takes only what scoring leaves idle. When it is busy, a chosen frame
+``Explainer``: a process of its own at the lowest CPU priority (Linux's
+SCHED_IDLE, and nice 19), which computes the heat maps
+(``models.saliency.LayerCam``). A thread in the worker would share
+TensorFlow's thread pool, and so the cores, with the scoring as an equal; a
+process the kernel runs only on a core that would otherwise idle, and
+preempts as soon as a scoring thread wakes, takes only what scoring leaves. When it is busy, a chosen frame
 is skipped and counted, never waited for. ZeroMQ sockets belong to one
 thread, so finished messages wait in ``results()`` for the worker's loop to
 send them. At the end, ``finish`` explains what is still queued, so a
@@ -150,6 +151,27 @@ class Chooser:
 START_TIMEOUT_S = 300.0
 
 
+def _lowest_priority() -> None:
+    """Every thread of this process at SCHED_IDLE where the kernel has it, and at nice 19.
+
+    Under nice 19 alone a waking scoring thread can wait for the explaining
+    process's time slice to end; a SCHED_IDLE task is preempted at once. Both
+    are per thread on Linux: the threads that imports have started (numpy's
+    BLAS pool) are set one by one, and those started later (TensorFlow's)
+    inherit them from this one.
+    """
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError) as exc:  # a thread that has ended, or a kernel without SCHED_IDLE
+            logger.debug("saliency: thread %d keeps its priority (%s)", tid, exc)
+
+
 def _explain_forever(path: str, conn) -> None:
     """The explaining process: load the bundle at ``path``, then answer (raw frame, window, position) requests.
 
@@ -157,7 +179,7 @@ def _explain_forever(path: str, conn) -> None:
     ("error", one line); None ends it. The first message is ("ready", layer)
     or ("error", why it cannot start).
     """
-    os.nice(19)
+    _lowest_priority()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf
@@ -193,7 +215,7 @@ def _explain_forever(path: str, conn) -> None:
 
 
 class Explainer:
-    """Heat maps computed in a child process at nice 19, one request at a time; ``close`` ends it.
+    """Heat maps computed in a child process at the lowest CPU priority, one request at a time; ``close`` ends it.
 
     The child loads a copy of ``runtime``'s model, saved to a temporary
     bundle; it is started again when it has died.

@@ -424,7 +424,7 @@ class WorkerConfig:
     ``owns``, and its heartbeats carry ``process_id`` (``_worker.NAME``,
     NAME by default the shard as ``0of2``) so a consumer tells the workers apart.
     ``saliency`` (``stream.saliency.parse_mode``) publishes LayerCAM heat
-    maps of chosen frames, computed in a process of their own at nice 19.
+    maps of chosen frames, computed in a process of their own at the lowest CPU priority.
     """
 
     sub: tuple[str, ...] = setting((net.DEFAULT_PUB,), "frame addresses to connect to (several captures in live mode)")

@@ -32,7 +32,7 @@ Sections (``--sections``):
 - ``saliency``: the worker's per-frame cost (received -> published, one
   frame in flight at a time) with ``--saliency best`` and with
   ``--saliency "every 10"`` against the same worker with ``--saliency off``;
-  the heat maps are computed in a process of their own at nice 19 while
+  the heat maps are computed in a process of their own at SCHED_IDLE while
   the next frames are scored. The three workers take turns in blocks (see
   ``bench_saliency``), and the table says how many heat maps each made.
 

@@ -125,7 +125,7 @@ def test_thread_skips_when_busy_and_explains_what_it_took(tiny_runtime):
 
 
 def test_explainer_runs_at_the_lowest_priority_and_outlives_bad_requests_and_its_death(tiny_runtime):
-    """The child at nice 19 gives the offline heat map; a bad request fails alone; a killed child is started again."""
+    """The child, every thread of it at SCHED_IDLE and nice 19, gives the offline heat map; a bad request fails alone; a killed child is started again."""
     import os
     import signal
 
@@ -138,7 +138,10 @@ def test_explainer_runs_at_the_lowest_priority_and_outlives_bad_requests_and_its
     explainer = Explainer(tiny_runtime)
     try:
         first = explainer.pid
-        assert os.getpriority(os.PRIO_PROCESS, first) == 19 and explainer.layer == expected.layer
+        threads = [int(tid) for tid in os.listdir(f"/proc/{first}/task")]
+        assert len(threads) > 1 and explainer.layer == expected.layer
+        assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == {19}
+        assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_IDLE}
         heat, score = explainer.explain(frames[7], features, 7)
         np.testing.assert_allclose(heat, expected.heat[0], atol=1e-5)
         assert score == pytest.approx(float(expected.scores[0]), abs=1e-5)
