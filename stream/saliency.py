@@ -17,11 +17,12 @@ SCHED_IDLE, and nice 19), which computes the heat maps
 (``models.saliency.LayerCam``). A thread in the worker would share
 TensorFlow's thread pool, and so the cores, with the scoring as an equal; a
 process the kernel runs only on a core that would otherwise idle, and
-preempts as soon as a scoring thread wakes, takes only what scoring leaves. When it is busy, a chosen frame
-is skipped and counted, never waited for. ZeroMQ sockets belong to one
-thread, so finished messages wait in ``results()`` for the worker's loop to
-send them. At the end, ``finish`` explains what is still queued, so a
-stream's last chosen frames are not lost to a stop.
+preempts as soon as a scoring thread wakes, takes only what scoring leaves.
+When it is busy, a chosen frame is skipped and counted, never waited for.
+ZeroMQ sockets belong to one thread, so finished messages wait in
+``results()`` for the worker's loop to send them. At the end, ``finish``
+explains what is still queued, so a stream's last chosen frames are not
+lost to a stop.
 """
 
 from __future__ import annotations

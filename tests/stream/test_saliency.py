@@ -125,7 +125,8 @@ def test_thread_skips_when_busy_and_explains_what_it_took(tiny_runtime):
 
 
 def test_explainer_runs_at_the_lowest_priority_and_outlives_bad_requests_and_its_death(tiny_runtime):
-    """The child, every thread of it at SCHED_IDLE and nice 19, gives the offline heat map; a bad request fails alone; a killed child is started again."""
+    """The child, every thread of it at SCHED_IDLE and nice 19, gives the offline heat map;
+    a bad request fails alone; a killed child is started again."""
     import os
     import signal
 
